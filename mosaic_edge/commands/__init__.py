@@ -1,0 +1,1 @@
+"""Per-stage CLI command modules; each imports only typer at module level."""
