@@ -1,0 +1,312 @@
+"""INT8 Q/DQ quantization calibrated on SAR/optical patches (onnxruntime.quantization, optionally NVIDIA ModelOpt).
+
+Two artefacts come from one fp32 ONNX (DESIGN.md "INT8: explicit quantization first"):
+
+* ``target="tensorrt"``: symmetric int8 activations (zero point 0 -- TensorRT rejects anything else), per-channel
+  symmetric int8 weights, float bias (TensorRT has no int32 DequantizeLinear), built later as a strongly typed
+  network.
+* ``target="cpu"``: asymmetric uint8 activations, the variant ONNX Runtime's CPU kernels run fast.
+
+Calibration runs ONCE per call through :func:`calibrate`; the same ranges feed the Q/DQ model (handed to
+``quantize_static`` as its calibration cache) and the per-tensor amax that the TensorRT calibration cache is written
+from (:mod:`mosaic_edge.calibration.trt_cache`), so the two can never disagree.
+
+Why not ``quantize_static(calibrate_method=Entropy)`` with its defaults: ``quantize_static`` passes no bin counts
+to the entropy calibrator, which then uses 128 histogram bins and 128 quantized bins -- the KL search has exactly
+one candidate threshold, the full range, i.e. MinMax. We build the calibrator ourselves with TensorRT's setting
+(2048 bins, 128 quantized bins) so entropy really searches.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mosaic_edge.errors import UserError
+from mosaic_edge.optional import available, require
+
+METHODS = ("entropy", "percentile", "minmax")
+TARGETS = ("tensorrt", "cpu")
+BACKENDS = ("auto", "onnxruntime", "modelopt")
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """How activation ranges are calibrated.
+
+    Attributes:
+        method: "entropy" (KL divergence, TensorRT's EntropyCalibration2), "percentile" or "minmax".
+        num_bins: Histogram bins of entropy/percentile (TensorRT uses 2048).
+        num_quantized_bins: Quantized bins of the entropy search (128 for int8).
+        percentile: Percentile of |x| kept by the percentile method.
+        batch_size: Calibration batch fed to ONNX Runtime per step.
+    """
+
+    method: str = "entropy"
+    num_bins: int = 2048
+    num_quantized_bins: int = 128
+    percentile: float = 99.99
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise UserError(f"calibration method must be one of {METHODS}, got {self.method!r}")
+        if self.num_bins < 2 * self.num_quantized_bins:
+            # fewer bins leave the KL search a single candidate (the MinMax range)
+            raise UserError(f"num_bins ({self.num_bins}) must be >= 2 * num_quantized_bins ({self.num_quantized_bins})")
+        if not 0.0 < self.percentile <= 100.0:
+            raise UserError(f"percentile must be in (0, 100], got {self.percentile}")
+        if self.batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class Calibration:
+    """Result of one calibration run.
+
+    Attributes:
+        method: Calibration method used.
+        symmetric: Whether ranges were made symmetric around 0.
+        ranges: Tensor name -> (lowest, highest).
+        tensors_data: The onnxruntime ``TensorsData`` the ranges came from (fed to ``quantize_static``).
+    """
+
+    method: str
+    symmetric: bool
+    ranges: dict[str, tuple[float, float]]
+    tensors_data: Any = field(repr=False, default=None)
+
+    @property
+    def amax(self) -> dict[str, float]:
+        """Tensor name -> max(|lowest|, |highest|): what TensorRT's scale is ``amax / 127`` of."""
+        return {k: max(abs(lo), abs(hi)) for k, (lo, hi) in self.ranges.items()}
+
+
+@dataclass(frozen=True)
+class QuantResult:
+    """What :func:`quantize_qdq` wrote.
+
+    Attributes:
+        path: The Q/DQ ONNX.
+        method / target / backend: How it was made.
+        amax: Per-tensor activation amax of the calibration run (for the TensorRT cache).
+        num_quantize_nodes: QuantizeLinear nodes in the output.
+    """
+
+    path: Path
+    method: str
+    target: str
+    backend: str
+    amax: dict[str, float]
+    num_quantize_nodes: int
+
+
+class _BatchReader:
+    """``CalibrationDataReader`` over an in-memory calibration set, in fixed-size batches."""
+
+    def __init__(self, calib: Mapping[str, np.ndarray], batch_size: int):
+        self._calib = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in calib.items()}
+        self._n = len(next(iter(self._calib.values())))
+        self._batch = batch_size
+        self._it = self._batches()
+
+    def _batches(self) -> Iterator[dict[str, np.ndarray]]:
+        for start in range(0, self._n, self._batch):
+            yield {k: v[start:start + self._batch] for k, v in self._calib.items()}
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+    def __len__(self) -> int:
+        return -(-self._n // self._batch)
+
+
+def _check_calib(calib: Mapping[str, np.ndarray], model_inputs: list[str]) -> None:
+    if sorted(calib) != sorted(model_inputs):
+        raise UserError(f"calibration set has inputs {sorted(calib)}, the model wants {sorted(model_inputs)}")
+    sizes = {len(v) for v in calib.values()}
+    if len(sizes) != 1 or 0 in sizes:
+        raise UserError(f"calibration inputs disagree on (or have no) samples: {sorted(sizes)}")
+
+
+def calibrate(fp32_onnx: str | Path, calib: Mapping[str, np.ndarray], config: CalibConfig | None = None,
+              symmetric: bool = True) -> Calibration:
+    """Run the model on the calibration set and compute per-tensor activation ranges.
+
+    Args:
+        fp32_onnx: The float model; tensor names of the result are its tensor names.
+        calib: Input name -> float32 ``[N, ...]`` (e.g. from :func:`sample_calibration_set`).
+        config: Method and histogram settings.
+        symmetric: Symmetric ranges (TensorRT) or the observed [lowest, highest] (asymmetric uint8).
+    """
+    config = config or CalibConfig()
+    onnx = require("onnx")
+    quant = require("onnxruntime.quantization")
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    model = onnx.load(str(fp32_onnx), load_external_data=False)
+    _check_calib(calib, [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}])
+    method = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
+              "minmax": CalibrationMethod.MinMax}[config.method]
+    options: dict[str, Any] = {"symmetric": symmetric}
+    if config.method == "entropy":
+        options.update(num_bins=config.num_bins, num_quantized_bins=config.num_quantized_bins)
+    elif config.method == "percentile":
+        options.update(num_bins=config.num_bins, percentile=config.percentile)
+    op_types = sorted(set(quant.registry.QDQRegistry) | set(quant.registry.QLinearOpsRegistry))
+    with tempfile.TemporaryDirectory(prefix="mosaic-calib-") as tmp:
+        calibrator = create_calibrator(Path(fp32_onnx), op_types, str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=method, extra_options=options)
+        calibrator.collect_data(_BatchReader(calib, config.batch_size))
+        tensors_data = calibrator.compute_data()
+        del calibrator
+    ranges = {}
+    for name, td in tensors_data.items():
+        lo, hi = td.range_value
+        ranges[name] = (float(lo), float(hi))
+    return Calibration(config.method, symmetric, ranges, tensors_data)
+
+
+def calibrated_amax(fp32_onnx: str | Path, calib: Mapping[str, np.ndarray],
+                    config: CalibConfig | None = None) -> dict[str, float]:
+    """Per-tensor symmetric amax, computed exactly as :func:`quantize_qdq` computes the TensorRT artefact's."""
+    return calibrate(fp32_onnx, calib, config, symmetric=True).amax
+
+
+def _ort_options(target: str) -> dict[str, Any]:
+    if target == "tensorrt":
+        return {"activation_type": "QInt8", "weight_type": "QInt8",
+                "extra": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}}
+    return {"activation_type": "QUInt8", "weight_type": "QInt8",
+            "extra": {"ActivationSymmetric": False, "WeightSymmetric": True}}
+
+
+def _quantize_ort(fp32_onnx: Path, out_onnx: Path, cal: Calibration, target: str) -> None:
+    quant = require("onnxruntime.quantization")
+    from onnxruntime.quantization.calibrate import CalibrationMethod, save_tensors_data
+
+    opts = _ort_options(target)
+    method = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile,
+              "minmax": CalibrationMethod.MinMax}[cal.method]
+    with tempfile.TemporaryDirectory(prefix="mosaic-quant-") as tmp:
+        cache = Path(tmp) / "ranges.json"
+        # Hand our ranges to quantize_static as its calibration cache: one calibration run, no second pass.
+        save_tensors_data(cal.tensors_data, cache)
+        quant.quantize_static(
+            str(fp32_onnx), str(out_onnx), calibration_data_reader=None, quant_format=quant.QuantFormat.QDQ,
+            per_channel=True, activation_type=getattr(quant.QuantType, opts["activation_type"]),
+            weight_type=getattr(quant.QuantType, opts["weight_type"]), calibrate_method=method,
+            extra_options=opts["extra"], calibration_cache_path=str(cache),
+        )
+
+
+def _quantize_modelopt(fp32_onnx: Path, out_onnx: Path, calib: Mapping[str, np.ndarray], method: str) -> None:
+    mq = require("modelopt.onnx.quantization", extra="export")
+    if method == "percentile":
+        raise UserError("ModelOpt int8 supports calibration methods entropy and minmax (max), not percentile")
+    mq.quantize(
+        onnx_path=str(fp32_onnx), quantize_mode="int8",
+        calibration_data={k: np.ascontiguousarray(v, dtype=np.float32) for k, v in calib.items()},
+        calibration_method="entropy" if method == "entropy" else "max", calibration_eps=["cpu"],
+        # fp32, not ModelOpt's fp16 default: the artefact is also evaluated under ONNX Runtime CPU
+        high_precision_dtype="fp32", output_path=str(out_onnx),
+    )
+
+
+def quantize_qdq(fp32_onnx: str | Path, out_onnx: str | Path, calib: Mapping[str, np.ndarray],
+                 method: str = "entropy", target: str = "tensorrt", backend: str = "onnxruntime",
+                 config: CalibConfig | None = None) -> QuantResult:
+    """Write a Q/DQ INT8 ONNX calibrated on ``calib``.
+
+    Args:
+        fp32_onnx: Float model (inputs named like the keys of ``calib``).
+        out_onnx: Output path.
+        calib: Input name -> float32 ``[N, ...]`` preprocessed exactly as at runtime.
+        method: "entropy", "percentile" or "minmax".
+        target: "tensorrt" (symmetric int8, zero points 0) or "cpu" (asymmetric uint8 activations).
+        backend: "onnxruntime", "modelopt" (NVIDIA ModelOpt; tensorrt target only) or "auto" (ModelOpt when
+            importable and the target is tensorrt).
+        config: Histogram settings; ``config.method`` is overridden by ``method``.
+
+    Returns:
+        :class:`QuantResult` with the calibration run's per-tensor amax.
+    """
+    if target not in TARGETS:
+        raise UserError(f"target must be one of {TARGETS}, got {target!r}")
+    if backend not in BACKENDS:
+        raise UserError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    base = config or CalibConfig()
+    config = CalibConfig(method, base.num_bins, base.num_quantized_bins, base.percentile, base.batch_size)
+    if backend == "auto":
+        backend = "modelopt" if target == "tensorrt" and available("modelopt") else "onnxruntime"
+    if backend == "modelopt" and target != "tensorrt":
+        raise UserError("the ModelOpt backend only makes TensorRT-style (symmetric) Q/DQ models")
+    fp32_onnx, out_onnx = Path(fp32_onnx), Path(out_onnx)
+    if not fp32_onnx.is_file():
+        raise UserError(f"fp32 ONNX not found: {fp32_onnx}")
+    out_onnx.parent.mkdir(parents=True, exist_ok=True)
+    cal = calibrate(fp32_onnx, calib, config, symmetric=(target == "tensorrt"))
+    if backend == "modelopt":
+        _quantize_modelopt(fp32_onnx, out_onnx, calib, method)
+    else:
+        _quantize_ort(fp32_onnx, out_onnx, cal, target)
+    _copy_metadata(fp32_onnx, out_onnx, {"mosaic_edge.quantization": json.dumps(
+        {"method": method, "target": target, "backend": backend})})
+    return QuantResult(out_onnx, method, target, backend, cal.amax, count_ops(out_onnx, "QuantizeLinear"))
+
+
+def _copy_metadata(src: Path, dst: Path, extra: Mapping[str, str]) -> None:
+    """Carry the fp32 model's metadata_props (the contract) into the quantized model, plus ``extra``."""
+    onnx = require("onnx")
+    src_meta = {p.key: p.value for p in onnx.load(str(src), load_external_data=False).metadata_props}
+    model = onnx.load(str(dst))
+    meta = {p.key: p.value for p in model.metadata_props} | src_meta | dict(extra)
+    del model.metadata_props[:]
+    for key, value in sorted(meta.items()):
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(dst))
+
+
+def count_ops(onnx_path: str | Path, op_type: str) -> int:
+    """Number of nodes of ``op_type`` in the main graph."""
+    onnx = require("onnx")
+    return sum(n.op_type == op_type for n in onnx.load(str(onnx_path), load_external_data=False).graph.node)
+
+
+def qdq_params(onnx_path: str | Path) -> list[dict[str, Any]]:
+    """Scale and zero point of every QuantizeLinear/DequantizeLinear node (for checks and reports).
+
+    Returns:
+        One dict per node: ``op``, ``name``, ``input``, ``scale`` (ndarray), ``zero_point`` (ndarray or None),
+        ``axis`` (int or None), ``dtype`` (zero point's numpy dtype name or None).
+    """
+    onnx = require("onnx")
+    from onnx import numpy_helper
+
+    model = onnx.load(str(onnx_path))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for node in model.graph.node:  # some exporters keep constants as Constant nodes
+        if node.op_type == "Constant" and node.attribute:
+            inits[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    rows = []
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        zp = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), None)
+        rows.append({"op": node.op_type, "name": node.name, "input": node.input[0],
+                     "scale": inits.get(node.input[1]), "zero_point": zp, "axis": axis,
+                     "dtype": None if zp is None else zp.dtype.name})
+    return rows
+
+
+def qdq_activation_amax(qdq_onnx: str | Path, qmax: int = 127) -> dict[str, float]:
+    """Activation amax (scale * ``qmax``) per quantized tensor of a symmetric Q/DQ model, e.g. a ModelOpt one."""
+    return {r["input"]: float(np.asarray(r["scale"]).reshape(-1)[0]) * qmax
+            for r in qdq_params(qdq_onnx) if r["op"] == "QuantizeLinear" and r["scale"] is not None}

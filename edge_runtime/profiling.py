@@ -1,0 +1,239 @@
+"""Latency and throughput of the edge runtime, measured one way (STYLE.md #8).
+
+Every number of ``mosaic-edge profile`` and of ``benchmarks/`` comes from :class:`StageClock`: warm-up, then timed
+iterations; each iteration's end-to-end host time is split into the stages of :data:`STAGES`
+(read, preprocess, host->device, inference, device->host, postprocess, write), which add up to it. Two modes:
+
+* **latency** — one batch at a time, every stage synchronous, so a batch's end-to-end time is what one request
+  waits (:func:`measure_latency`);
+* **throughput** — the same stages pipelined over three threads (read+preprocess | inference | postprocess+write),
+  as the daemon runs them; reports sustained tiles/s (:func:`measure_throughput`).
+
+Host->device, device->host and the device-side inference time come from the runner when it reports them (the
+TensorRT runner's CUDA events, via ``runner.last_timings``); a host-resident backend (ONNX Runtime on CPU) has no
+copies, so those stages are 0 and the whole ``infer`` call is "inference".
+
+No torch here, ever (edge_runtime runs on a Jetson without it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+STAGES: tuple[str, ...] = ("read", "preprocess", "h2d", "inference", "d2h", "postprocess", "write")
+PERCENTILES: tuple[int, ...] = (50, 90, 99)
+# Keys a runner may put in ``last_timings`` after ``infer`` (milliseconds of that call).
+RUNNER_SPLIT_KEYS = {"h2d": "h2d_ms", "d2h": "d2h_ms"}
+DEVICE_KEY = "device_ms"
+
+
+def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
+    """Mean and p50/p90/p99 (numpy's linear interpolation between order statistics) of samples in ms."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no samples to summarise")
+    pct = np.percentile(a, PERCENTILES)
+    out = {"n": int(a.size), "mean_ms": float(a.mean())}
+    out.update({f"p{q}_ms": float(v) for q, v in zip(PERCENTILES, pct)})
+    out.update({"min_ms": float(a.min()), "max_ms": float(a.max())})
+    return out
+
+
+class StageClock:
+    """Per-stage host times of timed iterations; the one measurement code path of profiles and benchmarks.
+
+    ``with clock.iteration(): with clock.stage("read"): ...`` — time spent in a stage several times within one
+    iteration (e.g. reading each tile of a batch) is summed. Stages not entered count as 0 so every stage has one
+    sample per iteration and the stage times of an iteration add up to (at most) its end-to-end time.
+    """
+
+    def __init__(self, stages: Sequence[str] = STAGES):
+        self.stages = tuple(stages)
+        self.samples: dict[str, list[float]] = {s: [] for s in self.stages}
+        self.end_to_end: list[float] = []
+        self.extra: dict[str, list[float]] = {}
+        self._current: dict[str, float] | None = None
+
+    @contextlib.contextmanager
+    def iteration(self) -> Iterator[None]:
+        self._current = dict.fromkeys(self.stages, 0.0)
+        t0 = time.perf_counter_ns()
+        try:
+            yield
+        finally:
+            total = (time.perf_counter_ns() - t0) / 1e6
+            current, self._current = self._current, None
+            for s in self.stages:
+                self.samples[s].append(current[s])
+            self.end_to_end.append(total)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter_ns()
+        try:
+            yield
+        finally:
+            self.add(name, (time.perf_counter_ns() - t0) / 1e6)
+
+    def add(self, name: str, ms: float) -> None:
+        """Add ``ms`` to a stage of the current iteration (used to move runner-reported copy times)."""
+        if self._current is None:
+            raise RuntimeError("StageClock.add outside an iteration")
+        self._current[name] += ms
+
+    def record_extra(self, name: str, ms: float) -> None:
+        """A metric that is not a stage (e.g. device time from CUDA events), kept apart from the sum."""
+        self.extra.setdefault(name, []).append(ms)
+
+    def summary(self) -> dict[str, Any]:
+        """``{"stages": {stage: summarize(...)}, "end_to_end": summarize(...), "extra": {...}}``."""
+        return {
+            "stages": {s: summarize(v) for s, v in self.samples.items()},
+            "end_to_end": summarize(self.end_to_end),
+            "extra": {k: summarize(v) for k, v in self.extra.items()},
+        }
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The runtime's stages as callables, so profiling times exactly the code the daemon runs.
+
+    Attributes:
+        read: tile source -> raw tile (file I/O and decoding).
+        preprocess: list of raw tiles -> model batch ``{"sar": [N,2,P,P], "optical": [N,12,P,P]}``.
+        postprocess: (raw tiles, runner outputs) -> result records.
+        write: (records, index of the batch) -> None (the result files).
+    """
+
+    read: Callable[[Any], Any]
+    preprocess: Callable[[list[Any]], dict[str, np.ndarray]]
+    postprocess: Callable[[list[Any], Mapping[str, np.ndarray]], Any]
+    write: Callable[[Any, int], None]
+
+
+def _infer_timed(runner: Any, batch: Mapping[str, np.ndarray], clock: StageClock) -> Mapping[str, np.ndarray]:
+    """Run one batch inside the "inference" stage, moving runner-reported copy times to h2d/d2h."""
+    with clock.stage("inference"):
+        out = runner.infer(batch)
+    timings = getattr(runner, "last_timings", None) or {}
+    for stage, key in RUNNER_SPLIT_KEYS.items():
+        ms = timings.get(key)
+        if ms:
+            clock.add(stage, float(ms))
+            clock.add("inference", -float(ms))
+    if timings.get(DEVICE_KEY) is not None:
+        clock.record_extra("inference_device", float(timings[DEVICE_KEY]))
+    return out
+
+
+def _batches(sources: Sequence[Any], batch: int, count: int) -> Iterator[list[Any]]:
+    """``count`` batches of ``batch`` sources each, cycling through ``sources``."""
+    i = 0
+    for _ in range(count):
+        yield [sources[(i + k) % len(sources)] for k in range(batch)]
+        i = (i + batch) % len(sources)
+
+
+def run_one(pipeline: Pipeline, runner: Any, srcs: list[Any], index: int, clock: StageClock) -> None:
+    """One synchronous batch through every stage (one latency iteration)."""
+    with clock.iteration():
+        raws = []
+        for s in srcs:
+            with clock.stage("read"):
+                raws.append(pipeline.read(s))
+        with clock.stage("preprocess"):
+            batch = pipeline.preprocess(raws)
+        out = _infer_timed(runner, batch, clock)
+        with clock.stage("postprocess"):
+            records = pipeline.postprocess(raws, out)
+        with clock.stage("write"):
+            pipeline.write(records, index)
+
+
+def measure_latency(pipeline: Pipeline, runner: Any, sources: Sequence[Any], batch: int, iterations: int,
+                    warmup: int) -> dict[str, Any]:
+    """Synchronous per-batch latency: ``warmup`` untimed batches, then ``iterations`` timed ones.
+
+    Returns:
+        ``StageClock.summary()`` plus ``batch`` and ``iterations``; times are per batch in ms.
+    """
+    if iterations < 1 or warmup < 0 or batch < 1:
+        raise ValueError("iterations >= 1, warmup >= 0 and batch >= 1 are required")
+    scratch = StageClock()
+    for i, srcs in enumerate(_batches(sources, batch, warmup)):
+        run_one(pipeline, runner, srcs, i, scratch)
+    clock = StageClock()
+    for i, srcs in enumerate(_batches(sources, batch, iterations)):
+        run_one(pipeline, runner, srcs, warmup + i, clock)
+    return {"batch": batch, "iterations": iterations, **clock.summary()}
+
+
+_DONE = object()
+
+
+def measure_throughput(pipeline: Pipeline, runner: Any, sources: Sequence[Any], batch: int,
+                       iterations: int, queue_depth: int = 4) -> dict[str, Any]:
+    """Sustained tiles/s with the stages pipelined over three threads (read+preprocess | infer | post+write).
+
+    Returns:
+        ``{"batch", "batches", "tiles", "wall_s", "throughput_tiles_s", "t0", "t1"}`` (``t0``/``t1``:
+        ``time.perf_counter`` bounds of the run, for matching power samples).
+    """
+    inbox: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
+    outbox: queue.Queue[Any] = queue.Queue(maxsize=queue_depth)
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            for srcs in _batches(sources, batch, iterations):
+                raws = [pipeline.read(s) for s in srcs]
+                inbox.put((raws, pipeline.preprocess(raws)))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            errors.append(exc)
+        finally:
+            inbox.put(_DONE)
+
+    def consume() -> None:
+        index = 0
+        while (item := outbox.get()) is not _DONE:
+            try:
+                if not errors:
+                    pipeline.write(pipeline.postprocess(*item), index)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                errors.append(exc)
+            index += 1
+
+    threads = [threading.Thread(target=produce, daemon=True), threading.Thread(target=consume, daemon=True)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    batches = 0
+    try:
+        while (item := inbox.get()) is not _DONE:
+            if errors:
+                continue  # drain so the producer can finish
+            raws, arrays = item
+            outbox.put((raws, runner.infer(arrays)))
+            batches += 1
+    except BaseException as exc:  # noqa: BLE001
+        errors.append(exc)
+        while inbox.get() is not _DONE:
+            pass
+    finally:
+        outbox.put(_DONE)
+        for t in threads:
+            t.join()
+    t1 = time.perf_counter()
+    if errors:
+        raise errors[0]
+    tiles = batches * batch
+    return {"batch": batch, "batches": batches, "tiles": tiles, "wall_s": t1 - t0,
+            "throughput_tiles_s": tiles / (t1 - t0), "t0": t0, "t1": t1}

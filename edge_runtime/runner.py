@@ -1,0 +1,331 @@
+"""Runners: one lifecycle for every inference backend (STYLE.md #7).
+
+``with open_runner("export/") as r: out = r.infer({"sar": ..., "optical": ...})``. The base class validates each
+batch against the contract (names, float32, ``[N, C, P, P]``) and checks that the backend returned every contract
+output with ``N`` rows; subclasses implement :meth:`Runner._activate`, :meth:`Runner._deactivate` and
+:meth:`Runner._infer`.
+
+Artefact choice: given an export directory (``manifest.json`` beside the ONNX files), the ONNX Runtime runner
+takes the artefact meant for its target — on CPU the ``target: "cpu"`` INT8 artefact (``model.int8-cpu.onnx``),
+never the TensorRT-style Q/DQ one, which is slow there. ``kind="trt"`` delegates to
+:func:`mosaic_edge.edge_runtime.trt_runner.open_trt_runner` (TRT helper), imported only when asked for.
+
+This module never imports torch (tested in a subprocess).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mosaic_edge.contract import Contract, sha256_file
+from mosaic_edge.errors import ContractMismatchError, UserError
+from mosaic_edge.optional import available, require
+
+# Key of the contract JSON inside an ONNX model's metadata_props (written by export).
+CONTRACT_METADATA_KEY = "mosaic_edge.contract"
+MANIFEST_NAME = "manifest.json"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class Runner:
+    """Base of every runner: context-manager lifecycle plus contract checks around :meth:`_infer`.
+
+    Attributes:
+        contract: What the model consumes and produces.
+        kind: Backend name ("ort", "trt", ...), recorded in every output record.
+        precision: "fp32", "fp16" or "int8".
+        model_hash: SHA-256 of the artefact that runs (goes into every output record).
+        max_batch: Largest batch the backend accepts (None: unbounded).
+    """
+
+    kind = "base"
+
+    def __init__(self, contract: Contract, precision: str = "fp32", model_hash: str = "",
+                 max_batch: int | None = None):
+        self.contract = contract
+        self.precision = precision
+        self.model_hash = model_hash or contract.model_hash
+        self.max_batch = max_batch
+        self._active = False
+
+    # ---- lifecycle ------------------------------------------------------------------------------------------
+    def __enter__(self) -> Runner:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    @property
+    def is_active(self) -> bool:
+        return self._active
+
+    def activate(self) -> None:
+        """Load the model (idempotent)."""
+        if not self._active:
+            self._activate()
+            self._active = True
+
+    def deactivate(self) -> None:
+        """Release the model (idempotent)."""
+        if self._active:
+            self._active = False
+            self._deactivate()
+
+    def _activate(self) -> None:
+        raise NotImplementedError
+
+    def _deactivate(self) -> None:
+        """Release backend resources; the default does nothing."""
+
+    # ---- inference ------------------------------------------------------------------------------------------
+    def infer(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch.
+
+        Args:
+            batch: ``{"sar": float32 [N,2,P,P], "optical": float32 [N,12,P,P]}``.
+
+        Returns:
+            Contract output name -> array with ``N`` rows (``logits`` etc. are raw logits, not probabilities).
+
+        Raises:
+            ContractMismatchError: the batch or the backend's outputs do not match the contract.
+            RuntimeError: the runner is not active (use it as a context manager).
+        """
+        if not self._active:
+            raise RuntimeError(f"{type(self).__name__} is not active; use it as a context manager")
+        n = self.contract.validate_batch(batch)
+        if self.max_batch is not None and n > self.max_batch:
+            raise ContractMismatchError(f"batch of {n} exceeds this runner's max batch {self.max_batch}")
+        out = self._infer({name: np.ascontiguousarray(batch[name]) for name in self.contract.input_names})
+        missing = [name for name in self.contract.output_names if name not in out]
+        if missing:
+            raise ContractMismatchError(f"{self.kind} runner did not return outputs {missing}")
+        bad = [name for name in self.contract.output_names if np.shape(out[name])[:1] != (n,)]
+        if bad:
+            raise ContractMismatchError(f"{self.kind} runner returned outputs {bad} without {n} rows")
+        return {name: np.asarray(out[name], dtype=np.float32) for name in self.contract.output_names}
+
+    def _infer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Primitive summary for logs and output records."""
+        return {"kind": self.kind, "precision": self.precision, "model_hash": self.model_hash,
+                "max_batch": self.max_batch}
+
+
+def contract_from_onnx_metadata(metadata: Mapping[str, str], what: str) -> Contract | None:
+    """Parse the contract stored in an ONNX model's metadata (None when absent)."""
+    text = metadata.get(CONTRACT_METADATA_KEY)
+    if text is None:
+        return None
+    try:
+        return Contract.from_json(text)
+    except (ContractMismatchError, TypeError, ValueError) as exc:
+        raise ContractMismatchError(f"{what}: contract in ONNX metadata is unusable: {exc}") from exc
+
+
+class OnnxRuntimeRunner(Runner):
+    """ONNX Runtime on CPU or CUDA.
+
+    Args:
+        model_path: The ONNX file to run.
+        contract: Expected contract; defaults to the one in the ONNX metadata. When both exist they must agree.
+        device: "cpu" or "cuda" (CUDA EP, falling back to CPU only if ``allow_cpu_fallback``).
+        threads: Intra-op threads (None: ORT default, i.e. all cores).
+        precision: Recorded in outputs; the artefact itself fixes the arithmetic.
+        model_hash: SHA-256 of ``model_path`` when known (computed otherwise).
+    """
+
+    kind = "ort"
+
+    def __init__(self, model_path: str | Path, contract: Contract | None = None, device: str = "cpu",
+                 threads: int | None = None, precision: str = "fp32", model_hash: str = "",
+                 allow_cpu_fallback: bool = False):
+        self._ort = require("onnxruntime")
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise UserError(f"model file not found: {self.model_path}")
+        if device not in ("cpu", "cuda"):
+            raise UserError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        providers = ["CPUExecutionProvider"]
+        if device == "cuda":
+            if "CUDAExecutionProvider" not in self._ort.get_available_providers():
+                raise UserError("device 'cuda' asked for, but this onnxruntime has no CUDAExecutionProvider "
+                                "(install onnxruntime-gpu)")
+            providers = ["CUDAExecutionProvider"] + (providers if allow_cpu_fallback else [])
+        self.device = device
+        self.providers = providers
+        self.threads = threads
+        self._session: Any = None
+        meta_contract = self._read_metadata_contract()
+        if contract is None and meta_contract is None:
+            raise ContractMismatchError(f"{self.model_path}: no contract given and none in its ONNX metadata")
+        if contract is not None and meta_contract is not None:
+            contract.check_compatible(meta_contract, what=str(self.model_path))
+        super().__init__(contract or meta_contract, precision,  # type: ignore[arg-type]
+                         model_hash or sha256_file(self.model_path))
+
+    def _options(self) -> Any:
+        so = self._ort.SessionOptions()
+        if self.threads is not None:
+            if self.threads < 1:
+                raise UserError(f"threads must be >= 1, got {self.threads}")
+            so.intra_op_num_threads = int(self.threads)
+            so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        return so
+
+    def _read_metadata_contract(self) -> Contract | None:
+        try:
+            sess = self._ort.InferenceSession(str(self.model_path), sess_options=self._options(),
+                                              providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for a bad file
+            raise UserError(f"{self.model_path}: onnxruntime cannot load it: {exc}") from exc
+        self._session = sess if self.providers == ["CPUExecutionProvider"] else None
+        return contract_from_onnx_metadata(sess.get_modelmeta().custom_metadata_map, str(self.model_path))
+
+    def _activate(self) -> None:
+        if self._session is None:
+            self._session = self._ort.InferenceSession(str(self.model_path), sess_options=self._options(),
+                                                       providers=self.providers)
+        names_in = [i.name for i in self._session.get_inputs()]
+        names_out = [o.name for o in self._session.get_outputs()]
+        if sorted(names_in) != sorted(self.contract.input_names) or not set(self.contract.output_names) <= set(
+            names_out
+        ):
+            raise ContractMismatchError(
+                f"{self.model_path}: ONNX inputs {names_in} / outputs {names_out} do not match the contract's "
+                f"{list(self.contract.input_names)} / {list(self.contract.output_names)}"
+            )
+
+    def _deactivate(self) -> None:
+        self._session = None
+
+    def _infer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        names = list(self.contract.output_names)
+        values = self._session.run(names, batch)
+        return dict(zip(names, values))
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "artefact": self.model_path.name, "providers": self.providers,
+                "threads": self.threads}
+
+
+# ---- artefact selection ---------------------------------------------------------------------------------------
+def load_manifest(model_dir: Path) -> dict[str, Any]:
+    """Read ``manifest.json`` of an export directory (plain JSON, so this works without the export stage)."""
+    path = model_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise UserError(f"{model_dir}: no {MANIFEST_NAME} (give an export directory or an .onnx file)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: unreadable manifest: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("artefacts"), dict):
+        raise UserError(f"{path}: manifest has no 'artefacts' object")
+    return data
+
+
+def select_artefact(manifest: Mapping[str, Any], target: str, precision: str) -> str:
+    """Name of the artefact for ``target`` ("cpu", "cuda", "tensorrt") at ``precision``.
+
+    A target-specific artefact wins over a ``target: "any"`` one; on CPU and CUDA EP an INT8 artefact meant for
+    TensorRT (``target: "tensorrt"``) is never chosen.
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    arts = manifest["artefacts"]
+    wanted_targets = {"cpu": ("cpu", "any"), "cuda": ("any", "cpu"), "tensorrt": ("tensorrt", "any")}[target]
+    for want in wanted_targets:
+        for name, info in sorted(arts.items()):
+            if info.get("precision") == precision and info.get("target", "any") == want and name.endswith(".onnx"):
+                return name
+    offered = sorted(f"{n} ({a.get('precision')}, {a.get('target')})" for n, a in arts.items())
+    raise UserError(f"no {precision} artefact for target {target!r} in the manifest; it offers {offered}")
+
+
+def _resolve(model: Path, target: str, precision: str) -> tuple[Path, Contract | None, str]:
+    """(artefact path, manifest contract or None, verified sha256 or "")."""
+    if model.is_file():
+        return model, None, ""
+    if not model.is_dir():
+        raise UserError(f"model not found: {model}")
+    manifest = load_manifest(model)
+    name = select_artefact(manifest, target, precision)
+    path = model / name
+    if not path.is_file():
+        raise UserError(f"{model}: manifest lists {name} but the file is missing")
+    want = manifest["artefacts"][name].get("sha256", "")
+    have = sha256_file(path)
+    if want and want != have:
+        raise UserError(f"{path}: sha256 {have[:12]}... does not match the manifest's {want[:12]}... "
+                        "(corrupted or replaced; re-export or re-copy the model)")
+    contract = None
+    if isinstance(manifest.get("contract"), dict):
+        try:
+            contract = Contract.from_dict(manifest["contract"])
+        except (TypeError, ValueError) as exc:
+            raise ContractMismatchError(f"{model}/{MANIFEST_NAME}: contract unusable: {exc}") from exc
+    return path, contract, have
+
+
+def _cuda_visible() -> bool:
+    # Cheap probe without torch: the NVIDIA driver exposes this on Linux desktops and Jetsons alike.
+    return os.path.exists("/dev/nvidia0") or os.path.exists("/dev/nvhost-ctrl-gpu")
+
+
+def open_runner(model: str | Path, kind: str = "auto", precision: str | None = None, device: str = "auto",
+                threads: int | None = None, contract: Contract | None = None, **trt_options: Any) -> Runner:
+    """Build (not yet activate) the runner for an export directory or one ONNX/engine file.
+
+    Args:
+        model: Export directory with ``manifest.json``, or an ``.onnx`` file.
+        kind: "auto" (TensorRT when it and a GPU are present, else ONNX Runtime), "ort" or "trt".
+        precision: "fp32", "fp16" or "int8"; None picks fp32 for ONNX Runtime and lets TensorRT choose.
+        device: ONNX Runtime device, "auto" (CUDA EP when available), "cpu" or "cuda".
+        threads: ONNX Runtime intra-op threads.
+        contract: Expected contract; checked against the artefact's.
+        **trt_options: Passed to the TensorRT runner factory (engine cache dir, max batch, ...).
+
+    Returns:
+        An inactive runner; use it as a context manager.
+    """
+    model = Path(model)
+    if kind not in ("auto", "ort", "trt"):
+        raise UserError(f"runner kind must be auto, ort or trt, got {kind!r}")
+    if kind == "auto":
+        kind = "trt" if available("tensorrt") and _cuda_visible() else "ort"
+    if kind == "trt":
+        from mosaic_edge.edge_runtime import trt_runner  # only when asked: needs TensorRT
+
+        return trt_runner.open_trt_runner(model, precision=precision, contract=contract, **trt_options)
+    if trt_options:
+        raise UserError(f"options {sorted(trt_options)} only apply to the TensorRT runner")
+    if device == "auto":
+        ort = require("onnxruntime")
+        device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_visible() else "cpu"
+    precision = precision or "fp32"
+    path, manifest_contract, digest = _resolve(model, device, precision)
+    if contract is not None and manifest_contract is not None:
+        contract.check_compatible(manifest_contract, what=str(model))
+    return OnnxRuntimeRunner(path, contract or manifest_contract, device=device, threads=threads,
+                             precision=precision, model_hash=digest)
+
+
+def run_batched(runner: Runner, sar: np.ndarray, optical: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+    """Infer ``[M, ...]`` arrays in chunks of ``batch`` (respecting ``runner.max_batch``) and concatenate."""
+    if runner.max_batch is not None:
+        batch = min(batch, runner.max_batch)
+    parts: list[dict[str, np.ndarray]] = []
+    for i in range(0, len(sar), batch):
+        parts.append(runner.infer({"sar": sar[i:i + batch], "optical": optical[i:i + batch]}))
+    names: Sequence[str] = runner.contract.output_names
+    return {n: np.concatenate([p[n] for p in parts]) for n in names}

@@ -1,0 +1,186 @@
+"""GeoTIFF reading and writing with tifffile alone (no GDAL/rasterio on the device).
+
+Georeferencing is parsed from the GeoTIFF tags the BigEarthNet and SEN12MS archives use:
+
+- ``ModelPixelScaleTag`` (33550) + ``ModelTiepointTag`` (33922), or ``ModelTransformationTag`` (34264), give the
+  affine pixel -> map transform ``x = a*col + b*row + c``, ``y = d*col + e*row + f`` (rasterio's convention,
+  pixel corners, i.e. ``PixelIsArea``; ``PixelIsPoint`` rasters are shifted by half a pixel to match).
+- ``GeoKeyDirectoryTag`` (34735) gives the CRS: ``ProjectedCSTypeGeoKey`` (3072) or ``GeographicTypeGeoKey`` (2048)
+  as ``"EPSG:<code>"``.
+
+Files without these tags read with ``geo=None``. Every failure (missing, zero-byte, truncated, corrupt, too large)
+raises :class:`~mosaic_edge.errors.DataError` naming the file. Image dimensions are checked against
+``MAX_PIXELS`` from the header *before* any pixel is decoded, so a crafted file cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from mosaic_edge.errors import DataError
+
+# A BigEarthNet patch has 14 400 pixels and a full S2 tile ~120 M; 100 M pixels (per band) covers any tile this
+# package processes in one piece while refusing decompression bombs.
+MAX_PIXELS = 100_000_000
+
+_PIXEL_SCALE, _TIEPOINT, _TRANSFORMATION, _GEOKEYS = 33550, 33922, 34264, 34735
+_KEY_MODEL_TYPE, _KEY_RASTER_TYPE, _KEY_GEOGRAPHIC, _KEY_PROJECTED = 1024, 1025, 2048, 3072
+_USER_DEFINED = 32767
+_PIXEL_IS_POINT = 2
+
+
+@dataclass(frozen=True)
+class GeoInfo:
+    """Georeferencing of a raster.
+
+    Attributes:
+        transform: Affine ``(a, b, c, d, e, f)``: ``x = a*col + b*row + c``, ``y = d*col + e*row + f``, where
+            (col, row) are pixel-corner coordinates.
+        crs: ``"EPSG:<code>"`` or None when the file names no EPSG code.
+    """
+
+    transform: tuple[float, float, float, float, float, float]
+    crs: str | None = None
+
+    def xy(self, row: float, col: float) -> tuple[float, float]:
+        """Map coordinates of pixel-corner position (row, col)."""
+        a, b, c, d, e, f = self.transform
+        return a * col + b * row + c, d * col + e * row + f
+
+    def window_bounds(self, row0: int, col0: int, h: int, w: int) -> tuple[float, float, float, float]:
+        """``(minx, miny, maxx, maxy)`` of the window of ``h`` x ``w`` pixels whose top-left pixel is (row0, col0)."""
+        corners = [self.xy(r, c) for r in (row0, row0 + h) for c in (col0, col0 + w)]
+        xs, ys = zip(*corners)
+        return min(xs), min(ys), max(xs), max(ys)
+
+    @property
+    def epsg(self) -> int | None:
+        return int(self.crs.split(":")[1]) if self.crs and self.crs.upper().startswith("EPSG:") else None
+
+
+def _parse_geo(page: tifffile.TiffPage) -> GeoInfo | None:
+    tags = page.tags
+    keys: dict[int, int] = {}
+    if _GEOKEYS in tags:
+        gk = [int(v) for v in tags[_GEOKEYS].value]
+        for i in range(gk[3]):
+            key, loc, _count, value = gk[4 + 4 * i: 8 + 4 * i]
+            if loc == 0:  # value stored inline (short); other locations hold strings/doubles we do not need
+                keys[key] = value
+    if _TRANSFORMATION in tags:
+        m = [float(v) for v in tags[_TRANSFORMATION].value]
+        transform = (m[0], m[1], m[3], m[4], m[5], m[7])
+    elif _PIXEL_SCALE in tags and _TIEPOINT in tags:
+        sx, sy = (float(v) for v in tags[_PIXEL_SCALE].value[:2])
+        i, j, _k, x, y = (float(v) for v in tags[_TIEPOINT].value[:5])
+        transform = (sx, 0.0, x - i * sx, 0.0, -sy, y + j * sy)
+    else:
+        return None
+    if keys.get(_KEY_RASTER_TYPE) == _PIXEL_IS_POINT:
+        # The tiepoint refers to the pixel centre; move the origin to the pixel corner (as GDAL does).
+        a, b, c, d, e, f = transform
+        transform = (a, b, c - 0.5 * (a + b), d, e, f - 0.5 * (d + e))
+    code = keys.get(_KEY_PROJECTED) or keys.get(_KEY_GEOGRAPHIC)
+    crs = f"EPSG:{code}" if code and code != _USER_DEFINED else None
+    return GeoInfo(transform=tuple(transform), crs=crs)  # type: ignore[arg-type]
+
+
+def _check_extent(path: Path, tif: tifffile.TiffFile) -> None:
+    """Refuse files whose strips/tiles point past the end of the file (truncated downloads)."""
+    size = os.path.getsize(path)
+    for page in tif.pages:
+        offsets, counts = page.dataoffsets, page.databytecounts  # type: ignore[union-attr]
+        if offsets and max(o + n for o, n in zip(offsets, counts)) > size:
+            raise DataError(f"{path}: truncated TIFF (pixel data ends past the end of the {size}-byte file)")
+
+
+def read_tiff(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, GeoInfo | None]:
+    """Read a (Geo)TIFF.
+
+    Args:
+        path: The file.
+        max_pixels: Refuse images with more pixels per band than this (checked before decoding).
+
+    Returns:
+        ``(array, geo)``: a 2-D ``[H, W]`` array for single-band files, ``[C, H, W]`` for multi-band files
+        (pixel-interleaved ``[H, W, C]`` files are transposed), and the georeferencing or None.
+
+    Raises:
+        DataError: naming the file when it is missing, empty, truncated, corrupt or too large.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise DataError(f"{path}: TIFF holds no image")
+            series = tif.series[0]
+            shape, axes = tuple(series.shape), series.axes
+            h, w = shape[axes.index("Y")], shape[axes.index("X")]
+            if h * w > max_pixels or int(np.prod(shape)) > 16 * max_pixels:
+                raise DataError(f"{path}: image of shape {shape} exceeds the {max_pixels}-pixel limit")
+            _check_extent(path, tif)
+            page = tif.pages[0]
+            geo = _parse_geo(page)  # type: ignore[arg-type]
+            array = series.asarray()
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - tifffile raises many types (struct, zlib, ValueError...) on bad files
+        raise DataError(f"{path}: unreadable TIFF ({type(exc).__name__}: {exc})") from exc
+    if array.ndim == 3 and axes.endswith("S"):
+        array = np.moveaxis(array, -1, 0)
+    elif array.ndim > 3:
+        array = array.reshape(-1, h, w)
+    return np.ascontiguousarray(array), geo
+
+
+def _geo_tags(geo: GeoInfo) -> list[tuple[int, str, int, tuple, bool]]:
+    a, b, c, d, e, f = geo.transform
+    tags: list[tuple[int, str, int, tuple, bool]] = []
+    if b == 0.0 and d == 0.0 and a > 0 and e < 0:
+        tags.append((_PIXEL_SCALE, "d", 3, (a, -e, 0.0), False))
+        tags.append((_TIEPOINT, "d", 6, (0.0, 0.0, 0.0, c, f, 0.0), False))
+    else:
+        matrix = (a, b, 0.0, c, d, e, 0.0, f, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+        tags.append((_TRANSFORMATION, "d", 16, matrix, False))
+    keys = [(_KEY_RASTER_TYPE, 1)]
+    code = geo.epsg
+    if code is not None:
+        geographic = 4000 <= code < 5000
+        keys.insert(0, (_KEY_MODEL_TYPE, 2 if geographic else 1))
+        keys.append((_KEY_GEOGRAPHIC if geographic else _KEY_PROJECTED, code))
+    directory = [1, 1, 0, len(keys)]
+    for key, value in sorted(keys):
+        directory += [key, 0, 1, value]
+    tags.append((_GEOKEYS, "H", len(directory), tuple(directory), False))
+    return tags
+
+
+def write_tiff(path: str | Path, array: np.ndarray, geo: GeoInfo | None = None, compress: bool = True) -> Path:
+    """Write a 2-D ``[H, W]`` or band-sequential ``[C, H, W]`` array as a (Geo)TIFF.
+
+    Args:
+        path: Output file (parents are created).
+        array: Pixel data; multi-band arrays are stored planar (one plane per band).
+        geo: Georeferencing to store as GeoTIFF tags, or None.
+        compress: Deflate-compress the pixel data (as the BigEarthNet archive does).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = np.asarray(array)
+    if array.ndim not in (2, 3):
+        raise ValueError(f"write_tiff: expected [H, W] or [C, H, W], got shape {array.shape}")
+    kwargs = {"planarconfig": "separate"} if array.ndim == 3 else {}
+    tifffile.imwrite(
+        path, array, photometric="minisblack", compression="zlib" if compress else None,
+        extratags=_geo_tags(geo) if geo is not None else None, metadata=None, **kwargs,
+    )
+    return path

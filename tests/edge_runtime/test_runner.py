@@ -1,0 +1,112 @@
+"""Runner lifecycle, contract checks, artefact selection, and the no-torch rule of edge_runtime."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mosaic_edge.errors import ContractMismatchError, UserError
+from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner, open_runner, run_batched, select_artefact
+
+
+def _batch(contract, n=3, seed=0):
+    rng = np.random.default_rng(seed)
+    p = contract.patch_size
+    return {"sar": rng.normal(size=(n, 2, p, p)).astype(np.float32),
+            "optical": rng.normal(size=(n, 12, p, p)).astype(np.float32)}
+
+
+def test_ort_runner_outputs_match_contract(tiny_onnx, contract):
+    with OnnxRuntimeRunner(tiny_onnx, threads=1) as r:
+        out = r.infer(_batch(contract))
+    assert list(out) == list(contract.output_names)
+    assert out["logits"].shape == (3, 19)
+    np.testing.assert_allclose(np.linalg.norm(out["emb_sar"], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(out["logits"], 0.5 * (out["logits_sar"] + out["logits_optical"]), rtol=1e-5,
+                               atol=1e-6)
+    assert r.contract == contract
+    assert len(r.model_hash) == 64
+
+
+def test_runner_needs_context_and_validates(tiny_onnx, contract):
+    r = OnnxRuntimeRunner(tiny_onnx)
+    with pytest.raises(RuntimeError, match="not active"):
+        r.infer(_batch(contract))
+    with r:
+        bad = _batch(contract)
+        bad["sar"] = bad["sar"].astype(np.float64)
+        with pytest.raises(ContractMismatchError, match="float32"):
+            r.infer(bad)
+        bad = _batch(contract)
+        del bad["optical"]
+        with pytest.raises(ContractMismatchError, match="missing"):
+            r.infer(bad)
+    assert not r.is_active
+
+
+def test_open_runner_picks_cpu_int8_never_trt_qdq(tiny_export):
+    r = open_runner(tiny_export, kind="ort", precision="int8", device="cpu")
+    assert r.model_path.name == "model.int8-cpu.onnx"
+    assert open_runner(tiny_export, kind="ort", device="cpu").model_path.name == "model.onnx"
+    manifest = {"artefacts": {"model.int8.onnx": {"precision": "int8", "target": "tensorrt"}}}
+    with pytest.raises(UserError, match="no int8 artefact"):
+        select_artefact(manifest, "cpu", "int8")
+    assert select_artefact(manifest, "tensorrt", "int8") == "model.int8.onnx"
+
+
+def test_open_runner_refuses_tampered_artefact(tiny_export, tmp_path):
+    import shutil
+
+    d = tmp_path / "m"
+    shutil.copytree(tiny_export, d)
+    with open(d / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(UserError, match="sha256"):
+        open_runner(d, kind="ort", device="cpu")
+
+
+def test_contract_mismatch_is_refused(tiny_onnx, contract):
+    with pytest.raises(ContractMismatchError, match="patch_size"):
+        OnnxRuntimeRunner(tiny_onnx, contract=contract.replace(patch_size=32))
+
+
+def test_run_batched_equals_one_batch(tiny_onnx, contract):
+    b = _batch(contract, n=7, seed=1)
+    with OnnxRuntimeRunner(tiny_onnx) as r:
+        whole = r.infer(b)
+        parts = run_batched(r, b["sar"], b["optical"], batch=3)
+    for k in whole:
+        np.testing.assert_allclose(parts[k], whole[k], rtol=1e-5, atol=1e-6)
+
+
+def test_edge_runtime_never_imports_torch():
+    code = (
+        "import sys, importlib, pkgutil\n"
+        "import mosaic_edge.edge_runtime as er\n"
+        "for m in pkgutil.iter_modules(er.__path__):\n"
+        "    if m.name in ('trt_runner', 'cuda_adapter'):\n"
+        "        continue\n"  # need TensorRT / CUDA bindings; they are checked for torch by grep below
+        "    importlib.import_module('mosaic_edge.edge_runtime.' + m.name)\n"
+        "import mosaic_edge.commands.runtime\n"
+        "bad = [m for m in sys.modules if m == 'torch' or m.startswith('torch.')]\n"
+        "assert not bad, bad[:5]\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_edge_runtime_sources_do_not_mention_torch_imports():
+    from pathlib import Path
+
+    import mosaic_edge.edge_runtime as er
+
+    for path in Path(er.__path__[0]).glob("*.py"):
+        text = path.read_text()
+        assert "import torch" not in text and "from torch" not in text, path
+        for stage in ("mosaic_edge.train", "mosaic_edge.export"):
+            # export is allowed only lazily for the on-device engine build (trt helper's files)
+            if stage == "mosaic_edge.export" and path.name in ("engine_cache.py", "trt_runner.py"):
+                continue
+            assert f"from {stage}" not in text and f"import {stage}" not in text, (path, stage)
