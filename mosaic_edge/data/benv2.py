@@ -4,10 +4,11 @@ Layout (Clasen et al. 2024, arXiv 2407.03653; Zenodo record 10891137)::
 
     <root>/metadata.parquet                                              one row per S1/S2 pair
     <root>/metadata_for_patches_with_snow_cloud_or_shadow.parquet        optional, excluded by default
-    <root>/BigEarthNet-S2/<S2 product>/<patch_id>/<patch_id>_<BAND>.tif  12 bands, uint16 L2A x 1e4, native GSD
+    <root>/BigEarthNet-S2/<S2 product>/<patch_id>/<patch_id>_<BAND>.tif  12 bands, uint16 L2A x 1e4
     <root>/BigEarthNet-S1/<S1 product>/<s1_name>/<s1_name>_<VV|VH>.tif   float32 dB, 120 x 120
 
-with ``S2 product = "_".join(patch_id.split("_")[:-2])`` and ``S1 product = "_".join(s1_name.split("_")[:-3])``;
+with ``S2 product = "_".join(patch_id.split("_")[:-2])`` and ``S1 product =
+"_".join(s1_name.split("_")[:-3])``;
 the two modalities are paired through the ``s1_name`` column. Splits are the ``split`` column values
 ``train`` / ``validation`` / ``test`` (``val`` is accepted as an alias). Labels are multi-hot in
 :data:`~mosaic_edge.contract.BENV2_CLASSES` order.
@@ -78,7 +79,9 @@ def _read_band(path: Path, shape: tuple[int, int], dtype_kind: str) -> tuple[np.
     if arr.shape != shape:
         raise DataError(f"{path}: size {arr.shape[1]}x{arr.shape[0]}, expected {shape[1]}x{shape[0]}")
     if arr.dtype.kind not in dtype_kind:
-        raise DataError(f"{path}: dtype {arr.dtype} is not a {'float' if dtype_kind == 'f' else 'numeric'} type")
+        raise DataError(
+            f"{path}: dtype {arr.dtype} is not a {'float' if dtype_kind == 'f' else 'numeric'} type"
+        )
     return arr, geo
 
 
@@ -91,7 +94,8 @@ def read_benv2_patch(
         s1_dir: Folder of the S1 bands (float32 dB).
         s2_dir: Folder of the 12 S2 bands at native resolution.
         patch_size: Expected size of the 10 m grid (120 for BigEarthNet); 20 m and 60 m bands must be
-            ``patch_size * 10 / gsd``. None infers it from ``B02`` (runtime tiles of any size).
+            ``patch_size * 10 / gsd``. None infers the grid from ``B02`` (runtime tiles of any size; both
+            sides must be divisible by 6).
         patch_id: Identifier of the patch (defaults to the S2 folder name).
 
     Returns:
@@ -106,19 +110,21 @@ def read_benv2_patch(
             raise DataError(f"{folder}: missing {what} folder (partner modality absent)")
     if patch_size is None:
         ref, _ = read_tiff(_band_file(s2_dir, "B02", "S2"))
-        if ref.ndim != 2 or ref.shape[0] != ref.shape[1] or ref.shape[0] % 6:
-            raise DataError(f"{s2_dir}: B02 has shape {ref.shape}; expected a square grid divisible by 6")
-        patch_size = int(ref.shape[0])
+        if ref.ndim != 2 or ref.shape[0] % 6 or ref.shape[1] % 6:
+            raise DataError(f"{s2_dir}: B02 has shape {ref.shape}; expected a 2-D grid divisible by 6 (60 m)")
+        grid = (int(ref.shape[0]), int(ref.shape[1]))
+    else:
+        grid = (patch_size, patch_size)
     optical, geo = {}, None
     for band in S2_BANDS:
-        n = patch_size * 10 // S2_GSD[band]
-        arr, band_geo = _read_band(_band_file(s2_dir, band, "S2"), (n, n), "uif")
+        f = S2_GSD[band] // 10
+        arr, band_geo = _read_band(_band_file(s2_dir, band, "S2"), (grid[0] // f, grid[1] // f), "uif")
         optical[band] = arr
         if band == "B02":
             geo = band_geo
     sar = {}
     for band in S1_BANDS:
-        arr, _ = _read_band(_band_file(s1_dir, band, "S1"), (patch_size, patch_size), "f")
+        arr, _ = _read_band(_band_file(s1_dir, band, "S1"), grid, "f")
         sar[band] = arr.astype(np.float32, copy=False)
     return RawPatch(id=patch_id or s2_dir.name, sar=sar, optical=optical, labels=None, meta={"geo": geo})
 
@@ -128,7 +134,7 @@ read_benv2_patch_dirs = read_benv2_patch
 
 
 class BigEarthNetV2:
-    """One split of BigEarthNet v2.0 read from the official layout (a :class:`~mosaic_edge.data.base.PatchSource`).
+    """One split of BigEarthNet v2.0 in the official layout (a :class:`~mosaic_edge.data.base.PatchSource`).
 
     Args:
         root: Folder holding ``metadata.parquet``, ``BigEarthNet-S1/`` and ``BigEarthNet-S2/``.
@@ -184,16 +190,18 @@ class BigEarthNetV2:
         s1, s2 = self.folders(index)
         patch = read_benv2_patch(s1, s2, PATCH_SIZE, patch_id=row["patch_id"])
         patch.labels = labels_to_multihot(list(row["labels"]), f"{row['_source']} row {row['patch_id']}")
-        patch.meta.update({
-            "split": row["split"],
-            "country": row.get("country"),
-            "s1_name": row["s1_name"],
-            "contains_seasonal_snow": bool(row.get("contains_seasonal_snow", False)),
-            "contains_cloud_or_shadow": bool(row.get("contains_cloud_or_shadow", False)),
-        })
+        patch.meta.update(
+            {
+                "split": row["split"],
+                "country": row.get("country"),
+                "s1_name": row["s1_name"],
+                "contains_seasonal_snow": bool(row.get("contains_seasonal_snow", False)),
+                "contains_cloud_or_shadow": bool(row.get("contains_cloud_or_shadow", False)),
+            }
+        )
         return patch
 
 
 def benv2_contract(**changes: Any) -> Contract:
-    """The BigEarthNet v2 contract: 19 classes, 120 px, the published train-split statistics (the defaults)."""
+    """The BigEarthNet v2 contract: 19 classes, 120 px, the published train-split statistics (defaults)."""
     return Contract(dataset="benv2", **changes)

@@ -2,14 +2,15 @@
 
 Georeferencing is parsed from the GeoTIFF tags the BigEarthNet and SEN12MS archives use:
 
-- ``ModelPixelScaleTag`` (33550) + ``ModelTiepointTag`` (33922), or ``ModelTransformationTag`` (34264), give the
-  affine pixel -> map transform ``x = a*col + b*row + c``, ``y = d*col + e*row + f`` (rasterio's convention,
-  pixel corners, i.e. ``PixelIsArea``; ``PixelIsPoint`` rasters are shifted by half a pixel to match).
-- ``GeoKeyDirectoryTag`` (34735) gives the CRS: ``ProjectedCSTypeGeoKey`` (3072) or ``GeographicTypeGeoKey`` (2048)
-  as ``"EPSG:<code>"``.
+- ``ModelPixelScaleTag`` (33550) + ``ModelTiepointTag`` (33922), or ``ModelTransformationTag`` (34264), give
+  the affine pixel -> map transform ``x = a*col + b*row + c``, ``y = d*col + e*row + f`` (rasterio's
+  convention, pixel corners, i.e. ``PixelIsArea``; ``PixelIsPoint`` rasters are shifted by half a pixel to
+  match).
+- ``GeoKeyDirectoryTag`` (34735) gives the CRS: ``ProjectedCSTypeGeoKey`` (3072) or ``GeographicTypeGeoKey``
+  (2048) as ``"EPSG:<code>"``.
 
-Files without these tags read with ``geo=None``. Every failure (missing, zero-byte, truncated, corrupt, too large)
-raises :class:`~mosaic_edge.errors.DataError` naming the file. Image dimensions are checked against
+Files without these tags read with ``geo=None``. Every failure (missing, zero-byte, truncated, corrupt, too
+large) raises :class:`~mosaic_edge.errors.DataError` naming the file. Image dimensions are checked against
 ``MAX_PIXELS`` from the header *before* any pixel is decoded, so a crafted file cannot exhaust memory.
 """
 
@@ -24,8 +25,8 @@ import tifffile
 
 from mosaic_edge.errors import DataError
 
-# A BigEarthNet patch has 14 400 pixels and a full S2 tile ~120 M; 100 M pixels (per band) covers any tile this
-# package processes in one piece while refusing decompression bombs.
+# A BigEarthNet patch has 14 400 pixels and a full S2 tile ~120 M; 100 M pixels (per band) covers any tile
+# this package processes in one piece while refusing decompression bombs.
 MAX_PIXELS = 100_000_000
 
 _PIXEL_SCALE, _TIEPOINT, _TRANSFORMATION, _GEOKEYS = 33550, 33922, 34264, 34735
@@ -53,9 +54,9 @@ class GeoInfo:
         return a * col + b * row + c, d * col + e * row + f
 
     def window_bounds(self, row0: int, col0: int, h: int, w: int) -> tuple[float, float, float, float]:
-        """``(minx, miny, maxx, maxy)`` of the window of ``h`` x ``w`` pixels whose top-left pixel is (row0, col0)."""
+        """``(minx, miny, maxx, maxy)`` of the ``h`` x ``w`` window whose top-left pixel is (row0, col0)."""
         corners = [self.xy(r, c) for r in (row0, row0 + h) for c in (col0, col0 + w)]
-        xs, ys = zip(*corners)
+        xs, ys = zip(*corners, strict=False)
         return min(xs), min(ys), max(xs), max(ys)
 
     @property
@@ -69,16 +70,16 @@ def _parse_geo(page: tifffile.TiffPage) -> GeoInfo | None:
     if _GEOKEYS in tags:
         gk = [int(v) for v in tags[_GEOKEYS].value]
         for i in range(gk[3]):
-            key, loc, _count, value = gk[4 + 4 * i: 8 + 4 * i]
+            key, loc, _count, value = gk[4 + 4 * i : 8 + 4 * i]
             if loc == 0:  # value stored inline (short); other locations hold strings/doubles we do not need
                 keys[key] = value
     if _TRANSFORMATION in tags:
         m = [float(v) for v in tags[_TRANSFORMATION].value]
-        transform = (m[0], m[1], m[3], m[4], m[5], m[7])
+        transform: tuple[float, ...] = (m[0], m[1], m[3], m[4], m[5], m[7])
     elif _PIXEL_SCALE in tags and _TIEPOINT in tags:
         sx, sy = (float(v) for v in tags[_PIXEL_SCALE].value[:2])
-        i, j, _k, x, y = (float(v) for v in tags[_TIEPOINT].value[:5])
-        transform = (sx, 0.0, x - i * sx, 0.0, -sy, y + j * sy)
+        col, row, _k, x, y = (float(v) for v in tags[_TIEPOINT].value[:5])
+        transform = (sx, 0.0, x - col * sx, 0.0, -sy, y + row * sy)
     else:
         return None
     if keys.get(_KEY_RASTER_TYPE) == _PIXEL_IS_POINT:
@@ -94,8 +95,8 @@ def _check_extent(path: Path, tif: tifffile.TiffFile) -> None:
     """Refuse files whose strips/tiles point past the end of the file (truncated downloads)."""
     size = os.path.getsize(path)
     for page in tif.pages:
-        offsets, counts = page.dataoffsets, page.databytecounts  # type: ignore[union-attr]
-        if offsets and max(o + n for o, n in zip(offsets, counts)) > size:
+        offsets, counts = page.dataoffsets, page.databytecounts
+        if offsets and max(o + n for o, n in zip(offsets, counts, strict=False)) > size:
             raise DataError(f"{path}: truncated TIFF (pixel data ends past the end of the {size}-byte file)")
 
 
@@ -129,7 +130,7 @@ def read_tiff(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarra
                 raise DataError(f"{path}: image of shape {shape} exceeds the {max_pixels}-pixel limit")
             _check_extent(path, tif)
             page = tif.pages[0]
-            geo = _parse_geo(page)  # type: ignore[arg-type]
+            geo = _parse_geo(page)
             array = series.asarray()
     except DataError:
         raise
@@ -164,7 +165,9 @@ def _geo_tags(geo: GeoInfo) -> list[tuple[int, str, int, tuple, bool]]:
     return tags
 
 
-def write_tiff(path: str | Path, array: np.ndarray, geo: GeoInfo | None = None, compress: bool = True) -> Path:
+def write_tiff(
+    path: str | Path, array: np.ndarray, geo: GeoInfo | None = None, compress: bool = True
+) -> Path:
     """Write a 2-D ``[H, W]`` or band-sequential ``[C, H, W]`` array as a (Geo)TIFF.
 
     Args:
@@ -178,9 +181,13 @@ def write_tiff(path: str | Path, array: np.ndarray, geo: GeoInfo | None = None, 
     array = np.asarray(array)
     if array.ndim not in (2, 3):
         raise ValueError(f"write_tiff: expected [H, W] or [C, H, W], got shape {array.shape}")
-    kwargs = {"planarconfig": "separate"} if array.ndim == 3 else {}
     tifffile.imwrite(
-        path, array, photometric="minisblack", compression="zlib" if compress else None,
-        extratags=_geo_tags(geo) if geo is not None else None, metadata=None, **kwargs,
+        path,
+        array,
+        photometric="minisblack",
+        compression="zlib" if compress else None,
+        extratags=_geo_tags(geo) if geo is not None else None,
+        metadata=None,
+        planarconfig="separate" if array.ndim == 3 else None,
     )
     return path
