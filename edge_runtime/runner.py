@@ -1,13 +1,13 @@
 """Runners: one lifecycle for every inference backend (STYLE.md #7).
 
-``with open_runner("export/") as r: out = r.infer({"sar": ..., "optical": ...})``. The base class validates each
-batch against the contract (names, float32, ``[N, C, P, P]``) and checks that the backend returned every contract
-output with ``N`` rows; subclasses implement :meth:`Runner._activate`, :meth:`Runner._deactivate` and
+``with open_runner("export/") as r: out = r.infer({"sar": ..., "optical": ...})``. The base class validates
+each batch against the contract (names, float32, ``[N, C, P, P]``) and checks that the backend returned every
+contract output with ``N`` rows; subclasses implement :meth:`Runner._activate`, :meth:`Runner._deactivate` and
 :meth:`Runner._infer`.
 
 Artefact choice: given an export directory (``manifest.json`` beside the ONNX files), the ONNX Runtime runner
-takes the artefact meant for its target — on CPU the ``target: "cpu"`` INT8 artefact (``model.int8-cpu.onnx``),
-never the TensorRT-style Q/DQ one, which is slow there. ``kind="trt"`` delegates to
+takes the artefact meant for its target — on CPU the ``target: "cpu"`` INT8 artefact
+(``model.int8-cpu.onnx``), never the TensorRT-style Q/DQ one, which is slow there. ``kind="trt"`` delegates to
 :func:`mosaic_edge.edge_runtime.trt_runner.open_trt_runner` (TRT helper), imported only when asked for.
 
 This module never imports torch (tested in a subprocess).
@@ -15,7 +15,6 @@ This module never imports torch (tested in a subprocess).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,12 +24,11 @@ import numpy as np
 
 from mosaic_edge.contract import Contract, sha256_file
 from mosaic_edge.errors import ContractMismatchError, UserError
+from mosaic_edge.manifest import Manifest
 from mosaic_edge.optional import available, require
 
 # Key of the contract JSON inside an ONNX model's metadata_props (written by export).
 CONTRACT_METADATA_KEY = "mosaic_edge.contract"
-MANIFEST_NAME = "manifest.json"
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 class Runner:
@@ -54,7 +52,7 @@ class Runner:
         self.max_batch = max_batch
         self._active = False
 
-    # ---- lifecycle ------------------------------------------------------------------------------------------
+    # ---- lifecycle -----------------------------------------------------------------------------------------
     def __enter__(self) -> Runner:
         self.activate()
         return self
@@ -84,7 +82,7 @@ class Runner:
     def _deactivate(self) -> None:
         """Release backend resources; the default does nothing."""
 
-    # ---- inference ------------------------------------------------------------------------------------------
+    # ---- inference -----------------------------------------------------------------------------------------
     def infer(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch.
 
@@ -137,7 +135,8 @@ class OnnxRuntimeRunner(Runner):
 
     Args:
         model_path: The ONNX file to run.
-        contract: Expected contract; defaults to the one in the ONNX metadata. When both exist they must agree.
+        contract: Expected contract; defaults to the one in the ONNX metadata. When both exist they must
+            agree.
         device: "cpu" or "cuda" (CUDA EP, falling back to CPU only if ``allow_cpu_fallback``).
         threads: Intra-op threads (None: ORT default, i.e. all cores).
         precision: Recorded in outputs; the artefact itself fixes the arithmetic.
@@ -198,11 +197,11 @@ class OnnxRuntimeRunner(Runner):
                                                        providers=self.providers)
         names_in = [i.name for i in self._session.get_inputs()]
         names_out = [o.name for o in self._session.get_outputs()]
-        if sorted(names_in) != sorted(self.contract.input_names) or not set(self.contract.output_names) <= set(
-            names_out
-        ):
+        outputs_ok = set(self.contract.output_names) <= set(names_out)
+        if sorted(names_in) != sorted(self.contract.input_names) or not outputs_ok:
             raise ContractMismatchError(
-                f"{self.model_path}: ONNX inputs {names_in} / outputs {names_out} do not match the contract's "
+                f"{self.model_path}: ONNX inputs {names_in} / outputs {names_out} do not match the "
+                "contract's "
                 f"{list(self.contract.input_names)} / {list(self.contract.output_names)}"
             )
 
@@ -212,44 +211,21 @@ class OnnxRuntimeRunner(Runner):
     def _infer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = list(self.contract.output_names)
         values = self._session.run(names, batch)
-        return dict(zip(names, values))
+        return dict(zip(names, values, strict=True))
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "artefact": self.model_path.name, "providers": self.providers,
                 "threads": self.threads}
 
 
-# ---- artefact selection ---------------------------------------------------------------------------------------
-def load_manifest(model_dir: Path) -> dict[str, Any]:
-    """Read ``manifest.json`` of an export directory (plain JSON, so this works without the export stage)."""
-    path = model_dir / MANIFEST_NAME
-    if not path.is_file():
-        raise UserError(f"{model_dir}: no {MANIFEST_NAME} (give an export directory or an .onnx file)")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: unreadable manifest: {exc}") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("artefacts"), dict):
-        raise UserError(f"{path}: manifest has no 'artefacts' object")
-    return data
+# ---- artefact selection ------------------------------------------------------------------------------------
+def select_artefact(manifest: Manifest, target: str, precision: str) -> Path:
+    """Path of the artefact for ``target`` ("cpu", "cuda", "tensorrt") at ``precision``.
 
-
-def select_artefact(manifest: Mapping[str, Any], target: str, precision: str) -> str:
-    """Name of the artefact for ``target`` ("cpu", "cuda", "tensorrt") at ``precision``.
-
-    A target-specific artefact wins over a ``target: "any"`` one; on CPU and CUDA EP an INT8 artefact meant for
-    TensorRT (``target: "tensorrt"``) is never chosen.
+    A target-specific artefact wins over a ``target: "any"`` one; on CPU and the CUDA EP an INT8 artefact
+    meant for TensorRT (``target: "tensorrt"``) is never chosen (:meth:`Manifest.artefact_for`).
     """
-    if precision not in PRECISIONS:
-        raise UserError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    arts = manifest["artefacts"]
-    wanted_targets = {"cpu": ("cpu", "any"), "cuda": ("any", "cpu"), "tensorrt": ("tensorrt", "any")}[target]
-    for want in wanted_targets:
-        for name, info in sorted(arts.items()):
-            if info.get("precision") == precision and info.get("target", "any") == want and name.endswith(".onnx"):
-                return name
-    offered = sorted(f"{n} ({a.get('precision')}, {a.get('target')})" for n, a in arts.items())
-    raise UserError(f"no {precision} artefact for target {target!r} in the manifest; it offers {offered}")
+    return manifest.artefact_for(target, precision)
 
 
 def _resolve(model: Path, target: str, precision: str) -> tuple[Path, Contract | None, str]:
@@ -258,23 +234,10 @@ def _resolve(model: Path, target: str, precision: str) -> tuple[Path, Contract |
         return model, None, ""
     if not model.is_dir():
         raise UserError(f"model not found: {model}")
-    manifest = load_manifest(model)
-    name = select_artefact(manifest, target, precision)
-    path = model / name
-    if not path.is_file():
-        raise UserError(f"{model}: manifest lists {name} but the file is missing")
-    want = manifest["artefacts"][name].get("sha256", "")
-    have = sha256_file(path)
-    if want and want != have:
-        raise UserError(f"{path}: sha256 {have[:12]}... does not match the manifest's {want[:12]}... "
-                        "(corrupted or replaced; re-export or re-copy the model)")
-    contract = None
-    if isinstance(manifest.get("contract"), dict):
-        try:
-            contract = Contract.from_dict(manifest["contract"])
-        except (TypeError, ValueError) as exc:
-            raise ContractMismatchError(f"{model}/{MANIFEST_NAME}: contract unusable: {exc}") from exc
-    return path, contract, have
+    manifest = Manifest.load(model)
+    path = select_artefact(manifest, target, precision)
+    manifest.verify(path)  # refuses a corrupted or replaced artefact
+    return path, manifest.contract, manifest.artefacts[path.name].sha256
 
 
 def _cuda_visible() -> bool:
@@ -293,7 +256,8 @@ def open_runner(model: str | Path, kind: str = "auto", precision: str | None = N
         device: ONNX Runtime device, "auto" (CUDA EP when available), "cpu" or "cuda".
         threads: ONNX Runtime intra-op threads.
         contract: Expected contract; checked against the artefact's.
-        **trt_options: Passed to the TensorRT runner factory (engine cache dir, max batch, ...).
+        **trt_options: Passed to the TensorRT runner factory (``engine_dir``, ``max_batch``, ...); ignored
+            when ``kind="auto"`` falls back to ONNX Runtime.
 
     Returns:
         An inactive runner; use it as a context manager.
@@ -301,17 +265,19 @@ def open_runner(model: str | Path, kind: str = "auto", precision: str | None = N
     model = Path(model)
     if kind not in ("auto", "ort", "trt"):
         raise UserError(f"runner kind must be auto, ort or trt, got {kind!r}")
+    explicit = kind
     if kind == "auto":
         kind = "trt" if available("tensorrt") and _cuda_visible() else "ort"
     if kind == "trt":
         from mosaic_edge.edge_runtime import trt_runner  # only when asked: needs TensorRT
 
         return trt_runner.open_trt_runner(model, precision=precision, contract=contract, **trt_options)
-    if trt_options:
+    if trt_options and explicit == "ort":
         raise UserError(f"options {sorted(trt_options)} only apply to the TensorRT runner")
     if device == "auto":
         ort = require("onnxruntime")
-        device = "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() and _cuda_visible() else "cpu"
+        has_cuda_ep = "CUDAExecutionProvider" in ort.get_available_providers()
+        device = "cuda" if has_cuda_ep and _cuda_visible() else "cpu"
     precision = precision or "fp32"
     path, manifest_contract, digest = _resolve(model, device, precision)
     if contract is not None and manifest_contract is not None:
@@ -320,7 +286,8 @@ def open_runner(model: str | Path, kind: str = "auto", precision: str | None = N
                              precision=precision, model_hash=digest)
 
 
-def run_batched(runner: Runner, sar: np.ndarray, optical: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+def run_batched(runner: Runner, sar: np.ndarray, optical: np.ndarray, batch: int = 16
+                ) -> dict[str, np.ndarray]:
     """Infer ``[M, ...]`` arrays in chunks of ``batch`` (respecting ``runner.max_batch``) and concatenate."""
     if runner.max_batch is not None:
         batch = min(batch, runner.max_batch)

@@ -1,7 +1,8 @@
 """Fixtures of the runtime tests: a tiny ONNX model with the contract's I/O, written with onnx.helper.
 
-The model is real arithmetic (global average pool -> linear heads, fused = mean of the two heads, L2-normalised
-embeddings), so outputs depend on the inputs and runner/daemon results can be compared with a direct run.
+The model is real arithmetic (global average pool -> linear heads, fused = mean of the two heads,
+L2-normalised embeddings), so outputs depend on the inputs and runner/daemon results can be compared with a
+direct run.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mosaic_edge.contract import Contract, sha256_file
+from mosaic_edge.contract import Contract
 
 TINY_PATCH = 16
 EMBED = 8
@@ -72,16 +73,16 @@ def write_tiny_export(out: Path, contract: Contract) -> Path:
 
     The three files get different weights (seeds) so a test can tell which one a runner picked.
     """
+    from mosaic_edge.manifest import Manifest
+
     files = {"model.onnx": ("fp32", "any", 0), "model.int8.onnx": ("int8", "tensorrt", 1),
              "model.int8-cpu.onnx": ("int8", "cpu", 2)}
-    arts = {}
+    manifest = Manifest.create(contract, out)
     for name, (prec, target, seed) in files.items():
-        path = write_tiny_onnx(out / name, contract, seed)
-        arts[name] = {"sha256": sha256_file(path), "precision": prec, "target": target, "opset": 17,
-                      "inputs": list(contract.input_names), "outputs": list(contract.output_names)}
-    manifest = {"schema": 1, "mosaic_edge_version": contract.version, "created": "fixture",
-                "contract": contract.to_dict(), "artefacts": arts}
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        write_tiny_onnx(out / name, contract, seed)
+        manifest = manifest.with_artefact(name, prec, target, opset=17, inputs=dict(contract.input_shapes()),
+                                          outputs=tuple(contract.output_names))
+    manifest.save()
     return out
 
 
@@ -98,3 +99,83 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory, contract: Contract) ->
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_export: Path) -> Path:
     return tiny_export / "model.onnx"
+
+
+# ---- tile writers ------------------------------------------------------------------------------------------
+def raw_tile(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plausible raw S1 (dB, float32) and S2 (reflectance x 1e4, uint16) arrays of one tile."""
+    rng = np.random.default_rng(seed)
+    sar = rng.normal(-15.0, 4.0, (2, h, w)).astype(np.float32)
+    optical = rng.uniform(100, 4000, (12, h, w)).astype(np.uint16)
+    return sar, optical
+
+
+def write_npz_tile(path: Path, h: int = TINY_PATCH, w: int = TINY_PATCH, seed: int = 0, optical: bool = True,
+                   **extra: np.ndarray) -> Path:
+    sar, opt = raw_tile(h, w, seed)
+    arrays = {"sar": sar, **({"optical": opt} if optical else {}), **extra}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return path
+
+
+def write_geotiff_tile(folder: Path, h: int = 40, w: int = 40, seed: int = 0, geo: bool = True,
+                       crs2: str | None = None) -> Path:
+    from mosaic_edge.data.tiff import GeoInfo, write_tiff
+
+    sar, opt = raw_tile(h, w, seed)
+    g1 = GeoInfo((10.0, 0.0, 500000.0, 0.0, -10.0, 5800000.0), "EPSG:32633") if geo else None
+    g2 = GeoInfo(g1.transform, crs2 or g1.crs) if g1 else None
+    write_tiff(folder / "s1.tif", sar, g1)
+    write_tiff(folder / "s2.tif", opt, g2)
+    return folder
+
+
+def copy_benv2_tile(root: Path, index: int, dest: Path) -> Path:
+    """Copy the S1 and S2 per-band folders of benv2-mini pair ``index`` into tile folder ``dest``."""
+    import shutil
+
+    from mosaic_edge.data.benv2 import BigEarthNetV2
+
+    src = BigEarthNetV2(root, "train")
+    s1, s2 = src.folders(index)
+    shutil.copytree(s1, dest / s1.name)
+    shutil.copytree(s2, dest / s2.name)
+    return dest
+
+
+def read_results(spool: Path) -> dict[str, list[dict]]:
+    """results/<tile>.jsonl -> parsed records."""
+    return {p.stem: [json.loads(line) for line in p.read_text().splitlines()]
+            for p in sorted((spool / "results").glob("*.jsonl"))}
+
+
+def serve_once(model: Path, spool: Path, **config) -> object:
+    """Run the daemon in-process over ``spool`` until incoming/ is drained; return the daemon."""
+    from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
+    from mosaic_edge.edge_runtime.runner import open_runner
+
+    cfg = {"settle_s": 0.0, "poll_s": 0.05, "max_wait_ms": 5.0, "once": True, **config}
+    daemon = Daemon(open_runner(model, kind="ort", device="cpu", threads=1), spool, ServeConfig(**cfg))
+    assert daemon.run() == 0
+    return daemon
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def real_tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real `tiny` MosaicModel (random weights, 24 px) exported by the export stage (fp32 only: fast)."""
+    torch = pytest.importorskip("torch")
+    from mosaic_edge.export.pipeline import ExportConfig, run_export
+    from mosaic_edge.train.checkpoint import save_checkpoint
+    from mosaic_edge.train.models import build_model
+
+    root = tmp_path_factory.mktemp("real_export")
+    torch.manual_seed(0)
+    contract = Contract(patch_size=24, model_name="tiny")
+    extra = {"config": {"patch_size": 24, "n_train": 32, "n_val": 8, "n_test": 16, "seed": 0}}
+    save_checkpoint(root / "tiny.pt", build_model("tiny").eval(), contract, extra=extra)
+    run_export(root / "tiny.pt", root / "export", ExportConfig(eval_limit=8, parity_limit=4))
+    return root / "export"

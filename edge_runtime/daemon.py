@@ -1,0 +1,348 @@
+"""The spool daemon behind ``mosaic-edge serve``.
+
+A reader thread watches ``incoming/`` (inotify via ``inotify_simple`` when importable, else polling), reads
+and preprocesses ready tiles and queues them; the main thread gathers patches into batches of up to ``batch``
+or whatever arrived within ``max_wait_ms`` of the first one, runs the runner, and finalises finished tiles:
+results written atomically, then the input moved to ``done/`` (see :mod:`~mosaic_edge.edge_runtime.spool`). A
+bad tile goes to ``failed/`` with a one-line reason and the daemon carries on. A full output disk pauses the
+tile and retries with back-off; nothing is moved before its results are on disk. SIGTERM/SIGINT: stop taking
+tiles, finish what is queued, exit 0.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mosaic_edge.edge_runtime import pipeline, postprocess
+from mosaic_edge.edge_runtime.logs import get_logger
+from mosaic_edge.edge_runtime.metrics_http import Metrics, MetricsServer
+from mosaic_edge.edge_runtime.runner import Runner
+from mosaic_edge.edge_runtime.spool import DISK_FULL, Candidate, IncomingWatcher, Spool, valid_tile_id
+from mosaic_edge.edge_runtime.tiles import MissingPartnerError, TileLimits, fingerprint
+
+from mosaic_edge.errors import DataError, UserError
+
+log = get_logger()
+_SENTINEL: Any = object()
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Daemon settings (defaults suit a Jetson watching a local spool)."""
+
+    batch: int = 8
+    max_wait_ms: float = 50.0
+    settle_s: float = 2.0
+    partner_timeout_s: float = 60.0
+    poll_s: float = 1.0
+    stride: int | None = None
+    queue_tiles: int = 4
+    once: bool = False
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    limits: TileLimits = field(default_factory=TileLimits)
+    disk_retry_s: float = 1.0
+    disk_retry_max_s: float = 30.0
+    inotify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.max_wait_ms < 0 or self.settle_s < 0 or self.queue_tiles < 1:
+            raise UserError("batch and queue size must be >= 1; max-wait and settle times >= 0")
+
+
+class Daemon:
+    """Serve ``runner`` over the spool at ``spool``; :meth:`run` blocks until stopped (or drained: once)."""
+
+    def __init__(self, runner: Runner, spool: str | Path | Spool, config: ServeConfig = ServeConfig(),
+                 metrics: Metrics | None = None):
+        self.runner, self.config = runner, config
+        self.spool = spool if isinstance(spool, Spool) else Spool(spool, settle_s=config.settle_s)
+        self.metrics = metrics or Metrics()
+        self._stop = threading.Event()
+        self._queue: queue.Queue = queue.Queue(maxsize=config.queue_tiles)
+        self._lock = threading.Lock()
+        self._names: set[str] = set()  # incoming/ entries taken and not finished
+        self._ids: set[str] = set()
+        self._reader_done = False
+        self.metrics_address: tuple[str, int] | None = None
+        # A TensorRT engine's profile caps the batch; never hand it more.
+        self.batch = min(config.batch, runner.max_batch or config.batch)
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    # ---- reader side ---------------------------------------------------------------------------------------
+    def _release(self, cand: Candidate) -> None:
+        with self._lock:
+            self._names.discard(cand.name)
+            self._ids.discard(cand.tile_id)
+
+    def _fail(self, name: str, tile_id: str, reason: str) -> None:
+        reason = reason.replace(f"{self.spool.incoming}/", "")  # relative names: shorter, no host paths
+        try:
+            dest = self.spool.move_failed(name, reason)
+        except OSError as exc:
+            log.error("cannot move tile to failed/", extra={"fields": {"tile": tile_id, "error": str(exc)}})
+            return
+        self.metrics.inc("tiles_failed")
+        log.warning("tile failed", extra={"fields": {"tile": tile_id, "failed_as": dest, "reason": reason}})
+
+    def _take(self, cand: Candidate) -> str:
+        """Handle one ready entry: queue it, settle it (fail/recover), or leave it ("wait")."""
+        if not valid_tile_id(cand.tile_id) or (cand.path.is_file() and not cand.name.endswith(".npz")):
+            self._fail(cand.name, cand.tile_id, f"invalid tile name {cand.name!r}: expected <id>.npz or a "
+                       "folder <id>/ with id of letters, digits, '.', '_', '-' (no '..')")
+            return "handled"
+        with self._lock:
+            if cand.tile_id in self._ids:
+                return "wait"  # same id in flight: decided once that one is finished
+            self._names.add(cand.name)
+            self._ids.add(cand.tile_id)
+        queued = False
+        try:
+            digest = fingerprint(cand.path)
+            previous = self.spool.result_input_hash(cand.tile_id)
+            if previous is not None:
+                self._settle_existing(cand, digest, previous)
+                return "handled"
+            job = pipeline.load_job(cand.path, cand.tile_id, self.runner.contract, self.config.limits,
+                                    self.config.stride, allow_sar_only=cand.marker, input_sha256=digest)
+            job.marker, job.enqueued, job.candidate = cand.marker, time.perf_counter(), cand
+            self.metrics.observe("read", job.timings_ms["read"] / 1e3)
+            self.metrics.observe("preprocess", job.timings_ms["preprocess"] / 1e3)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(job, timeout=0.2)
+                    queued = True
+                    return "queued"
+                except queue.Full:
+                    continue
+        except MissingPartnerError as exc:
+            if not cand.marker and cand.age_s < self.config.partner_timeout_s:
+                return "wait"
+            self._fail(cand.name, cand.tile_id, f"{exc} (waited {cand.age_s:.0f} s)")
+        except (DataError, OSError) as exc:
+            self._fail(cand.name, cand.tile_id, str(exc) if isinstance(exc, DataError)
+                       else f"{cand.tile_id}: unreadable or vanished ({type(exc).__name__}: {exc})")
+        except Exception as exc:  # noqa: BLE001 - one bad tile must never stop the daemon
+            log.exception("unexpected error reading tile", extra={"fields": {"tile": cand.tile_id}})
+            self._fail(cand.name, cand.tile_id, f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if not queued:  # the main thread releases queued tiles when it finishes them
+                self._release(cand)
+        return "handled"
+
+    def _settle_existing(self, cand: Candidate, digest: str, previous: str) -> None:
+        """Results for this tile id exist: finish a crashed run, or refuse a duplicate."""
+        if previous == digest and not (self.spool.done / cand.name).exists():
+            self.spool.move_done(cand)  # results were committed before the crash; only the move was missing
+            self.metrics.inc("tiles_recovered")
+            log.info("recovered tile", extra={"fields": {"tile": cand.tile_id}})
+            return
+        what = "the same input was already processed" if previous == digest else "belong to another input"
+        self._fail(cand.name, cand.tile_id, f"duplicate tile id {cand.tile_id!r}: results/"
+                   f"{cand.tile_id}.jsonl exists and {what}")
+
+    def _reader(self) -> None:
+        waiter = IncomingWatcher(self.spool.incoming, self.config.inotify)
+        try:
+            while not self._stop.is_set():
+                try:
+                    with self._lock:
+                        skip = set(self._names)
+                    ready, pending = self.spool.poll(skip)
+                    waiting = sum(self._take(c) == "wait" for c in ready if not self._stop.is_set())
+                except Exception:  # noqa: BLE001 - e.g. the spool folder vanished; keep trying
+                    log.exception("spool scan failed")
+                    ready, pending, waiting = [], 1, 0
+                if self.config.once and not ready and pending == 0 and waiting == 0:
+                    break
+                if not ready or waiting == len(ready):
+                    waiter.wait(self.config.poll_s, self._stop)
+        finally:
+            waiter.close()
+            self._queue.put(_SENTINEL)
+
+    # ---- inference side ------------------------------------------------------------------------------------
+    def _gather(self, backlog: deque) -> list[tuple[pipeline.Job, int, int]] | None:
+        items: list[tuple[pipeline.Job, int, int]] = []
+        count, first = 0, None
+        max_wait = self.config.max_wait_ms / 1e3
+        while count < self.batch:
+            if backlog:
+                job = backlog[0]
+                if job.failed:  # failed in an earlier batch
+                    backlog.popleft()
+                    continue
+                k = min(self.batch - count, job.n - job.next_index)
+                items.append((job, job.next_index, job.next_index + k))
+                job.next_index += k
+                count += k
+                if job.next_index == job.n:
+                    backlog.popleft()
+                first = first or time.perf_counter()
+                continue
+            if self._reader_done:
+                break
+            timeout = 0.25 if first is None else first + max_wait - time.perf_counter()
+            if timeout <= 0:
+                break
+            try:
+                job = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                if first is None:
+                    return items
+                continue
+            if job is _SENTINEL:
+                self._reader_done = True
+                continue
+            job.timings_ms["queue"] = (time.perf_counter() - job.enqueued) * 1e3
+            self.metrics.observe("queue", job.timings_ms["queue"] / 1e3)
+            backlog.append(job)
+        self.metrics.set("queue_depth", self._queue.qsize() + len(backlog))
+        return None if not items and self._reader_done else items
+
+    def _run_batch(self, items: list[tuple[pipeline.Job, int, int]]) -> None:
+        jobs = list(dict.fromkeys(j for j, _, _ in items))
+        batch = {"sar": np.concatenate([j.sar[a:b] for j, a, b in items]),
+                 "optical": np.concatenate([j.optical[a:b] for j, a, b in items])}
+        t0 = time.perf_counter()
+        try:
+            out = self.runner.infer(batch)
+        except Exception as exc:  # noqa: BLE001 - fail these tiles, keep serving
+            log.exception("inference failed")
+            self._fail_jobs(jobs, f"inference failed: {type(exc).__name__}: {exc}")
+            return
+        dt = time.perf_counter() - t0
+        self.metrics.observe("infer", dt)
+        self.metrics.inc("batches")
+        self.metrics.inc("patches", len(batch["sar"]))
+        off = 0
+        for job, a, b in items:
+            if not job.failed:
+                pipeline.store_outputs(job, a, {k: v[off:off + b - a] for k, v in out.items()})
+                job.timings_ms["infer"] = job.timings_ms.get("infer", 0.0) + dt * 1e3
+            off += b - a
+        self._finalise([job for job in jobs if job.n_done == job.n and not job.failed])
+
+    def _fail_jobs(self, jobs: list[pipeline.Job], reason: str) -> None:
+        for job in jobs:
+            if not job.failed:
+                job.failed = True  # its remaining patches are dropped from the backlog
+                self._fail(job.name, job.tile_id, reason)
+                self._release(job.candidate)
+
+    def _write(self, job: pipeline.Job, jsonl: bytes, geojson: bytes | None) -> bool:
+        delay = self.config.disk_retry_s
+        while True:
+            try:
+                self.spool.write_results(job.tile_id, jsonl, geojson)
+                return True
+            except OSError as exc:
+                if exc.errno not in DISK_FULL:
+                    raise
+                self.metrics.inc("disk_full_retries")
+                log.warning("output disk full; retrying",
+                            extra={"fields": {"tile": job.tile_id, "retry_s": delay}})
+                if self._stop.wait(delay):
+                    return False  # input stays in incoming/ and is redone on the next start
+                delay = min(2 * delay, self.config.disk_retry_max_s)
+
+    def _finalise(self, jobs: list[pipeline.Job]) -> None:
+        """Commit finished tiles: write every result, one fsync of results/, then move the inputs to done/."""
+        written = []
+        for job in jobs:
+            try:
+                records = pipeline.job_records(job, self.runner)
+                t0 = time.perf_counter()
+                if self._write(job, postprocess.to_jsonl(records), postprocess.to_geojson(records)):
+                    written.append((job, records, t0))
+                    continue
+            except Exception as exc:  # noqa: BLE001 - one bad tile must never stop the daemon
+                log.exception("writing results failed", extra={"fields": {"tile": job.tile_id}})
+                self._fail(job.name, job.tile_id, f"cannot write results: {type(exc).__name__}: {exc}")
+            self._release(job.candidate)
+        if not written:
+            return
+        try:
+            self.spool.sync("results")  # the results are durable from here on: only now may inputs move
+        except OSError:
+            log.exception("cannot sync results/; inputs stay in incoming/ and are redone")
+            for job, _, _ in written:
+                self._release(job.candidate)
+            return
+        for job, records, t0 in written:
+            try:
+                self.spool.move_done(job.candidate, sync=False)
+                self.metrics.observe("write", time.perf_counter() - t0)
+                self.metrics.inc("tiles_done")
+                log.info("tile done", extra={"fields": {
+                    "tile": job.tile_id, "patches": job.n, "heads": sorted(set(job.heads)),
+                    "timings_ms": records[0]["timings_ms"]}})
+            except Exception as exc:  # noqa: BLE001 - one bad tile must never stop the daemon
+                log.exception("moving tile to done/ failed", extra={"fields": {"tile": job.tile_id}})
+                self._fail(job.name, job.tile_id, f"cannot finish tile: {type(exc).__name__}: {exc}")
+            finally:
+                self._release(job.candidate)
+        try:
+            self.spool.sync("done", "incoming")
+        except OSError:
+            log.exception("cannot sync done/")  # a crash now only repeats the (idempotent) moves
+
+    # ---- lifecycle -----------------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Serve until stopped (or, with ``once``, until ``incoming/`` is drained); return the exit code."""
+        restore = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                restore[sig] = signal.signal(sig, self.stop)
+        try:
+            removed = self.spool.recover()
+            try:
+                self.runner.activate()
+            except Exception as exc:  # noqa: BLE001 - a clear one-line failure, not a crash loop
+                log.error("cannot load the model",
+                          extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
+                return 2
+            server = None
+            if self.config.metrics_port is not None:
+                server = MetricsServer(self.metrics, self.config.metrics_port, self.config.metrics_host)
+                server.__enter__()
+                self.metrics_address = server.address
+            log.info("serving", extra={"fields": {
+                "spool": str(self.spool.root), "runner": self.runner.describe(),
+                "temp_files_removed": removed, "metrics": self.metrics_address}})
+            reader = threading.Thread(target=self._reader, name="tile-reader", daemon=True)
+            reader.start()
+            backlog: deque = deque()
+            while True:
+                try:
+                    items = self._gather(backlog)
+                    if items is None:
+                        break
+                    if items:
+                        try:
+                            self._run_batch(items)
+                        except Exception as exc:  # noqa: BLE001 - keep serving; these tiles fail
+                            log.exception("batch error")
+                            self._fail_jobs(list(dict.fromkeys(j for j, _, _ in items)),
+                                            f"internal error: {type(exc).__name__}: {exc}")
+                except Exception:  # noqa: BLE001 - keep serving
+                    log.exception("batch loop error")
+            reader.join()
+            if server is not None:
+                server.__exit__(None, None, None)
+            self.runner.deactivate()
+            log.info("stopped", extra={"fields": dict(self.metrics.counters)})
+            return 0
+        finally:
+            for sig, handler in restore.items():
+                signal.signal(sig, handler)

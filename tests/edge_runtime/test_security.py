@@ -1,0 +1,160 @@
+"""Security hardening (issue 7): loopback-only read-only HTTP, no pickle loads in package code, confined
+writes."""
+
+from __future__ import annotations
+
+import ast
+import os
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
+from mosaic_edge.edge_runtime.metrics_http import Metrics, MetricsServer
+from mosaic_edge.edge_runtime.runner import open_runner
+
+from .conftest import REPO_ROOT, serve_once, write_npz_tile
+
+PACKAGE_DIRS = ("mosaic_edge", "train", "export", "calibration", "edge_runtime")
+
+
+def _get(url: str, method: str = "GET") -> tuple[int, str]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, ""
+
+
+def test_metrics_endpoint_is_loopback_and_read_only(tmp_path, tiny_onnx):
+    assert ServeConfig().metrics_host == "127.0.0.1"
+    spool = tmp_path / "spool"
+    daemon = Daemon(open_runner(tiny_onnx, kind="ort", threads=1), spool,
+                    ServeConfig(settle_s=0, poll_s=0.05, max_wait_ms=5, metrics_port=0))
+    thread = threading.Thread(target=daemon.run)
+    thread.start()
+    try:
+        deadline = time.time() + 30
+        while daemon.metrics_address is None and time.time() < deadline:
+            time.sleep(0.02)
+        host, port = daemon.metrics_address
+        assert host == "127.0.0.1"
+        write_npz_tile(spool / "incoming" / "m.npz")
+        (spool / "incoming" / "broken.npz").write_bytes(b"x")
+        while daemon.metrics.counters["tiles_done"] + daemon.metrics.counters["tiles_failed"] < 2:
+            assert time.time() < deadline
+            time.sleep(0.02)
+        before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+        code, text = _get(f"http://{host}:{port}/metrics")
+        assert code == 200
+        assert "mosaic_edge_tiles_done_total 1" in text and "mosaic_edge_tiles_failed_total 1" in text
+        assert 'mosaic_edge_stage_seconds_bucket{stage="infer",le="+Inf"}' in text
+        assert "mosaic_edge_queue_depth" in text
+        assert _get(f"http://{host}:{port}/healthz") == (200, "ok\n")
+        for method in ("POST", "PUT", "DELETE"):
+            assert _get(f"http://{host}:{port}/metrics", method)[0] == 405
+        assert _get(f"http://{host}:{port}/../../etc/passwd")[0] == 404
+        assert _get(f"http://{host}:{port}/spool/results/m.jsonl")[0] == 404
+        assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    finally:
+        daemon.stop()
+        thread.join(30)
+
+
+def test_metrics_server_can_bind_elsewhere_only_when_asked():
+    with MetricsServer(Metrics(), 0) as server:
+        assert server.address[0] == "127.0.0.1"
+
+
+def _calls(tree: ast.AST):
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            owner = f.value.id if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) else ""
+            yield owner, name, {k.arg: k.value for k in node.keywords}, node
+
+
+def _const(node) -> object:
+    return node.value if isinstance(node, ast.Constant) else "<non-constant>"
+
+
+PICKLE_MODULES = ("pickle", "cPickle", "_pickle", "dill", "cloudpickle", "joblib", "shelve")
+
+
+def pickle_violations(source: str, rel: str) -> list[str]:
+    """Pickle-loading constructs in one Python source (AST-based, so multi-line calls are seen)."""
+    problems = []
+    tree = ast.parse(source, rel)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            mods = [a.name for a in node.names]
+            if isinstance(node, ast.ImportFrom):
+                mods.append(node.module or "")
+            if any(m.split(".")[0] in PICKLE_MODULES for m in mods):
+                problems.append(f"{rel}:{node.lineno} imports a pickle module")
+    for owner, name, kw, node in _calls(tree):
+        where = f"{rel}:{node.lineno}"
+        if owner == "torch" and name == "load" and _const(kw.get("weights_only")) is not True:
+            problems.append(f"{where} torch.load without weights_only=True")
+        if owner in ("np", "numpy") and name == "load" and _const(kw.get("allow_pickle")) is not False:
+            problems.append(f"{where} np.load without allow_pickle=False")
+        if "allow_pickle" in kw and _const(kw["allow_pickle"]) is not False:
+            problems.append(f"{where} allow_pickle not False")
+    return problems
+
+
+def test_pickle_checker_catches_violations():
+    bad = ("import pickle\nfrom joblib import load\nimport torch, numpy as np\ntorch.load(p)\n"
+           "torch.load(p, weights_only=False)\nnp.load(p)\nnp.load(\n  p, allow_pickle=True)\n")
+    assert len(pickle_violations(bad, "x.py")) == 7
+    good = ("import torch\nimport numpy as np\ntorch.load(p, weights_only=True)\n"
+            "np.load(p, allow_pickle=False)\n")
+    assert pickle_violations(good, "y.py") == []
+
+
+def test_no_pickle_loads_in_package_code():
+    files = [p for d in PACKAGE_DIRS for p in (REPO_ROOT / d).rglob("*.py")]
+    assert len(files) > 20
+    problems = [v for p in files for v in pickle_violations(p.read_text(), str(p.relative_to(REPO_ROOT)))]
+    assert not problems, "\n".join(problems)
+
+
+def test_daemon_writes_nothing_outside_its_spool(tmp_path, tiny_onnx):
+    outside = tmp_path / "outside"
+    target = write_npz_tile(outside / "victim.npz", seed=3)
+    (outside / "dir").mkdir()
+    snapshot = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in outside.rglob("*")}
+    spool = tmp_path / "spool"
+    inc = spool / "incoming"
+    inc.mkdir(parents=True)
+    os.symlink(target, inc / "ln.npz")
+    os.symlink(outside / "dir", inc / "dirlink")
+    (inc / "tile").mkdir()
+    os.symlink(target, inc / "tile" / "x.npz")
+    write_npz_tile(inc / "ok.npz")
+    serve_once(tiny_onnx, spool)
+    assert {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in outside.rglob("*")} == snapshot
+    top = sorted(p.name for p in tmp_path.iterdir())
+    assert top == ["outside", "spool"]
+    assert sorted(os.listdir(spool)) == ["done", "failed", "incoming", "results"]
+    assert sorted(os.listdir(spool / "failed")) == ["dirlink", "dirlink.reason", "ln.npz", "ln.npz.reason",
+                                                      "tile", "tile.reason"]
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/../../b", "/etc/x"])
+def test_spool_refuses_paths_outside(tmp_path, name):
+    from mosaic_edge.edge_runtime.spool import Spool
+
+    from mosaic_edge.errors import UserError
+
+    spool = Spool(tmp_path / "s")
+    with pytest.raises(UserError):
+        spool.result_path(name)
+    with pytest.raises(UserError):
+        spool._inside(spool.failed, name)
+    # move_failed sanitises untrusted names instead of refusing them
+    assert "/" not in spool.move_failed(name, "x")
