@@ -1,9 +1,9 @@
 """Power and environment of the machine a profile ran on (numpy-free, never torch).
 
-On a Jetson: the power mode (``nvpmodel -q``), current clocks from sysfs, and ``tegrastats`` sampled during the run,
-from which the profile reports the average input power and the energy per tile. Elsewhere: CPU model and thread
-count. Every probe is defensive: a missing tool or unreadable file yields ``None``, never an exception, because a
-profile must not fail for want of a power reading.
+On a Jetson: the power mode (``nvpmodel -q``), current clocks from sysfs, and ``tegrastats`` sampled during
+the run, from which the profile reports the average input power and the energy per tile. Elsewhere: CPU model
+and thread count. Every probe is defensive: a missing tool or unreadable file yields ``None``, never an
+exception, because a profile must not fail for want of a power reading.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 _JETSON_MODEL = Path("/proc/device-tree/model")
 _L4T_RELEASE = Path("/etc/nv_tegra_release")
 
-# One rail reading "NAME 5000mW/4980mW" (Orin, JetPack 5+) or "NAME 5000/4980" (Xavier/Nano/TX2, JetPack 4): the
-# current value then the running average, in milliwatts. The lookahead keeps "RAM 2345/7772MB" and
-# "SWAP 0/3886MB" out: those are memory, not power.
+# One rail reading "NAME 5000mW/4980mW" (Orin, JetPack 5+) or "NAME 5000/4980" (Xavier/Nano/TX2, JetPack 4):
+# the current value then the running average, in milliwatts. The lookahead keeps "RAM 2345/7772MB" and "SWAP
+# 0/3886MB" out: those are memory, not power.
 _RAIL = re.compile(r"\b([A-Za-z][A-Za-z0-9_]*) (\d+)(?:mW)?/(\d+)(?:mW)?(?![0-9A-Za-z])")
 _NOT_RAILS = frozenset({"RAM", "SWAP", "IRAM", "lfb"})
 # The rail that measures the whole module's input, by Jetson generation; without one, the rails are summed.
@@ -41,7 +41,7 @@ def parse_tegrastats_line(line: str) -> dict[str, float]:
 
 
 def input_power_mw(rails: dict[str, float]) -> tuple[float | None, str | None]:
-    """Module input power of one sample and the rail it came from (``"sum"`` when no input rail is reported)."""
+    """Module input power of one sample and the rail it came from (``"sum"`` without an input rail)."""
     for name in _INPUT_RAILS:
         if name in rails:
             return rails[name], name
@@ -68,7 +68,8 @@ class PowerSummary:
                 "window_s": self.window_s}
 
 
-def summarize_power(samples: list[tuple[float, dict[str, float]]], t0: float, t1: float) -> PowerSummary | None:
+def summarize_power(samples: list[tuple[float, dict[str, float]]], t0: float,
+                    t1: float) -> PowerSummary | None:
     """Average the input power of the samples taken in ``[t0, t1]`` (``time.perf_counter`` seconds)."""
     values, rail = [], None
     for t, rails in samples:
@@ -184,9 +185,10 @@ def cpu_info() -> dict[str, Any]:
         if m:
             model = m.group(1).strip()
             break
+    usable: int | None
     try:
         usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
+    except (AttributeError, OSError):  # not Linux
         usable = os.cpu_count()
     return {"model": model or platform.processor() or None, "logical_cpus": os.cpu_count(),
             "usable_threads": usable}
