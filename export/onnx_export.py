@@ -1,10 +1,11 @@
 """torch -> ONNX: two named float32 inputs, dynamic batch, outputs in contract order, contract in metadata.
 
-Exporter choice: torch >= 2.9 defaults to the torch.export-based ("dynamo") exporter, which needs ``onnxscript``;
-it is not a dependency of this package (and not installed here: ``torch.onnx.export(..., dynamo=True)`` raises
-``ModuleNotFoundError: onnxscript``). The TorchScript ("legacy") exporter, still shipped in torch 2.13, gives a
-clean opset-17 graph for this model (Conv/BatchNorm folded, Gemm heads, ReduceL2 normalisation), honours
-``dynamic_axes`` and the I/O names, and its output is what onnxruntime.quantization and TensorRT consume well.
+Exporter choice: torch >= 2.9 defaults to the torch.export-based ("dynamo") exporter, which needs
+``onnxscript``; it is not a dependency of this package (and not installed here: ``torch.onnx.export(...,
+dynamo=True)`` raises ``ModuleNotFoundError: onnxscript``). The TorchScript ("legacy") exporter, still
+shipped in torch 2.13, gives a clean opset-17 graph for this model (Conv/BatchNorm folded, Gemm heads,
+ReduceL2 normalisation), honours ``dynamic_axes`` and the I/O names, and its output is what
+onnxruntime.quantization and TensorRT consume well.
 So ``exporter="legacy"`` is the default; ``"dynamo"`` is accepted when onnxscript is installed.
 """
 
@@ -31,8 +32,9 @@ EXPORTERS = ("legacy", "dynamo")
 def _ordered_module(model: Any, output_names: tuple[str, ...]) -> Any:
     """Wrap ``model`` so forward returns a tuple in ``output_names`` order (ONNX outputs are positional)."""
     torch = require("torch")
+    module: Any = torch.nn.Module
 
-    class _Ordered(torch.nn.Module):
+    class _Ordered(module):
         def __init__(self) -> None:
             super().__init__()
             self.inner = model
@@ -42,6 +44,43 @@ def _ordered_module(model: Any, output_names: tuple[str, ...]) -> Any:
             return tuple(out[name] for name in output_names)
 
     return _Ordered().eval()
+
+
+def inline_identities(proto: Any) -> int:
+    """Remove ``Identity`` nodes in place (not those producing a graph output); return how many went.
+
+    The TorchScript exporter de-duplicates equal initializers (e.g. the folded BatchNorm biases of the two
+    encoders) and reconnects the copies through Identity nodes. A Conv whose bias comes from a node instead of
+    an initializer is left unquantized by onnxruntime.quantization (a float Conv between DequantizeLinear and
+    QuantizeLinear that ORT cannot fuse into QLinearConv, so the INT8 model runs slower than fp32). An
+    Identity of an initializer becomes a copy of that initializer under the Identity's output name; any other
+    Identity is bypassed.
+    """
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    rename: dict[str, str] = {}
+    kept, removed = [], 0
+    for node in graph.node:
+        if node.op_type != "Identity" or node.output[0] in outputs:
+            kept.append(node)
+            continue
+        src = rename.get(node.input[0], node.input[0])
+        if src in inits:
+            copy = graph.initializer.add()
+            copy.CopyFrom(inits[src])
+            copy.name = node.output[0]
+            inits[copy.name] = copy
+        else:
+            rename[node.output[0]] = src
+        removed += 1
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return removed
 
 
 def set_contract_metadata(proto: Any, contract: Contract) -> None:
@@ -65,7 +104,8 @@ def read_contract(model: str | Path | Any) -> Contract:
     for prop in proto.metadata_props:
         if prop.key == CONTRACT_METADATA_KEY:
             return Contract.from_json(prop.value)
-    raise UserError(f"{model if isinstance(model, (str, Path)) else 'model'}: no {CONTRACT_METADATA_KEY} metadata")
+    what = model if isinstance(model, (str, Path)) else "model"
+    raise UserError(f"{what}: no {CONTRACT_METADATA_KEY} metadata (not exported by mosaic-edge?)")
 
 
 def _dims(value_info: Any) -> list[int | str]:
@@ -108,7 +148,7 @@ def export_onnx(model: Any, contract: Contract, path: str | Path, opset: int = D
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
     wrapped = _ordered_module(model, tuple(contract.output_names))
-    shapes = contract.input_shapes(batch=2)  # batch 2, not 1: keeps the exporter from specialising size-1 dims
+    shapes = contract.input_shapes(batch=2)  # batch 2, not 1: the exporter must not specialise size-1 dims
     gen = torch.Generator().manual_seed(0)
     args = tuple(torch.randn(*shapes[name], generator=gen) for name in contract.input_names)
     dynamic = {name: {0: BATCH_DIM} for name in (*contract.input_names, *contract.output_names)}
@@ -127,6 +167,7 @@ def export_onnx(model: Any, contract: Contract, path: str | Path, opset: int = D
                           do_constant_folding=True, **kwargs)
     proto = onnx.load(str(tmp))
     tmp.unlink()
+    inline_identities(proto)
     proto.producer_name = "mosaic-edge"
     proto.producer_version = contract.version
     proto.doc_string = f"MoSAiC {contract.model_name} ({contract.dataset}); model_hash {contract.model_hash}"

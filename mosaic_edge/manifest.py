@@ -1,16 +1,16 @@
-"""``manifest.json``: what an export directory holds, which target each model is for, and every file's SHA-256.
+"""``manifest.json``: what an export directory holds, which target each model is for, every file's SHA-256.
 
 Core module (JSON + the contract; no torch, onnx or onnxruntime), because the runtime on the device picks and
 verifies its artefact with it. Layout (schema 1)::
 
-    {"schema": 1, "mosaic_edge_version": "...", "created": "2026-...Z", "contract": {...Contract.to_dict()...},
+    {"schema": 1, "mosaic_edge_version": "...", "created": "2026-...Z", "contract": {...Contract dict...},
      "artefacts": {"model.onnx": {"sha256": "...", "precision": "fp32", "target": "any", "opset": 17,
                                   "inputs": {"sar": ["N", 2, 120, 120], ...}, "outputs": ["logits", ...],
                                   "notes": {...}}, ...},
      "files": {"calib.npz": {"sha256": "...", "kind": "calibration-set"}, ...}}
 
-``artefacts`` lists only models; ``files`` lists the other outputs (calibration set, TensorRT cache, report) so a
-copy to the device can be verified as a whole.
+``artefacts`` lists only models; ``files`` lists the other outputs (calibration set, TensorRT cache, report)
+so a copy to the device can be verified as a whole.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ from mosaic_edge.version import __version__
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SCHEMA = 1
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
-# "any": plain ONNX any backend can run; "tensorrt": Q/DQ INT8 with symmetric activations as TensorRT requires
-# (runs in ONNX Runtime CPU too, but slower than fp32); "cpu": INT8 with asymmetric uint8 activations for ORT CPU.
+# "any": plain ONNX any backend can run; "tensorrt": Q/DQ INT8 with symmetric activations as TensorRT
+# requires (runs in ONNX Runtime CPU too, but slower than fp32); "cpu": INT8 with asymmetric uint8
+# activations, fast in ORT CPU.
 TARGETS: tuple[str, ...] = ("any", "tensorrt", "cpu")
-# Which artefact targets serve a runtime target, best first. A TensorRT-only INT8 model is never picked for CPU or
-# the CUDA execution provider (it would be slower than fp32 there).
+# Which artefact targets serve a runtime target, best first. A TensorRT-only INT8 model is never picked for
+# CPU or the CUDA execution provider (it would be slower than fp32 there).
 _SERVES: dict[str, tuple[str, ...]] = {
     "any": ("any",),
     "cpu": ("cpu", "any"),
@@ -78,7 +79,8 @@ class Artefact:
             raise ValueError(f"artefact {self.name}: target {self.target!r} not in {TARGETS}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sha256": self.sha256, "precision": self.precision, "target": self.target, "opset": self.opset,
+        return {"sha256": self.sha256, "precision": self.precision, "target": self.target,
+                "opset": self.opset,
                 "inputs": {k: list(v) for k, v in self.inputs.items()}, "outputs": list(self.outputs),
                 "notes": dict(self.notes)}
 
@@ -115,15 +117,16 @@ class Manifest:
         now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         return cls(contract=contract, created=now, root=Path(root))
 
-    # ---- building -------------------------------------------------------------------------------------------
+    # ---- building ------------------------------------------------------------------------------------------
     def _path(self, name: str) -> Path:
         if self.root is None:
-            raise ManifestError("manifest has no directory; load it with Manifest.load(dir) or create(contract, dir)")
+            raise ManifestError("manifest has no directory: use Manifest.load(dir) or .create(contract, dir)")
         return self.root / name
 
     def with_artefact(self, name: str, precision: str, target: str, **info: Any) -> Manifest:
         """A copy with model ``name`` (already written in :attr:`root`) hashed and recorded."""
-        art = Artefact(name=name, sha256=sha256_file(self._path(name)), precision=precision, target=target, **info)
+        digest = sha256_file(self._path(name))
+        art = Artefact(name=name, sha256=digest, precision=precision, target=target, **info)
         return replace(self, artefacts={**self.artefacts, name: art})
 
     def with_file(self, name: str, kind: str) -> Manifest:
@@ -131,9 +134,10 @@ class Manifest:
         entry = {"sha256": sha256_file(self._path(name)), "kind": kind}
         return replace(self, files={**self.files, name: entry})
 
-    # ---- (de)serialisation ----------------------------------------------------------------------------------
+    # ---- (de)serialisation ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"schema": MANIFEST_SCHEMA, "mosaic_edge_version": self.mosaic_edge_version, "created": self.created,
+        return {"schema": MANIFEST_SCHEMA, "mosaic_edge_version": self.mosaic_edge_version,
+                "created": self.created,
                 "contract": self.contract.to_dict(),
                 "artefacts": {n: a.to_dict() for n, a in sorted(self.artefacts.items())},
                 "files": {n: dict(f) for n, f in sorted(self.files.items())}}
@@ -170,7 +174,7 @@ class Manifest:
                    created=str(data.get("created", "")),
                    mosaic_edge_version=str(data.get("mosaic_edge_version", "")), root=file.parent)
 
-    # ---- use ------------------------------------------------------------------------------------------------
+    # ---- use -----------------------------------------------------------------------------------------------
     def artefact_for(self, target: str, precision: str) -> Path:
         """Path of the model to run on ``target`` ("cpu", "cuda", "tensorrt", "any") at ``precision``.
 
@@ -196,7 +200,8 @@ class Manifest:
         Raises:
             ManifestError: naming the first file that is missing, unlisted or whose digest differs.
         """
-        listed = {n: a.sha256 for n, a in self.artefacts.items()} | {n: f["sha256"] for n, f in self.files.items()}
+        listed = {n: a.sha256 for n, a in self.artefacts.items()}
+        listed.update({n: f["sha256"] for n, f in self.files.items()})
         if path is not None:
             name = Path(path).name
             if name not in listed:
@@ -209,7 +214,7 @@ class Manifest:
                 raise ManifestError(f"{file}: listed in the manifest but missing")
             have = sha256_file(file)
             if have != want:
-                raise ManifestError(f"{file}: sha256 {have[:12]}... does not match the manifest's {want[:12]}... "
-                                    "(corrupted or replaced; re-export or re-copy the directory)")
+                raise ManifestError(f"{file}: sha256 {have[:12]}... does not match the manifest's "
+                                    f"{want[:12]}... (corrupted or replaced; re-export or re-copy it)")
             checked.append(file)
         return checked

@@ -2,8 +2,80 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+
+
+# ---- export (ONNX fp32/fp16, INT8 Q/DQ, report, manifest) --------------------------------------------------
+def export(
+    checkpoint: Path = typer.Argument(..., help="Checkpoint written by `mosaic-edge train` (model.pt)."),
+    out: Path = typer.Option(Path("export"), "--out", "-o", help="Output directory."),
+    fp16: bool = typer.Option(False, "--fp16", help="Also write model.fp16.onnx (fp32 I/O)."),
+    int8: bool = typer.Option(False, "--int8", help="Also write INT8 Q/DQ models + calib files."),
+    calib_method: str = typer.Option("entropy", "--calib-method", help="entropy | percentile | minmax."),
+    calib_size: int = typer.Option(256, "--calib-size", help="Calibration patches from the training split."),
+    calib_file: Path | None = typer.Option(None, "--calib-file", help="Reuse this calib.npz."),
+    data: str = typer.Option("synthetic", "--data", help="synthetic, or a BigEarthNet v2 / SEN12MS root."),
+    eval_data: list[str] = typer.Option([], "--eval-data", help="Extra labelled root (repeatable)."),
+    eval_limit: int = typer.Option(512, "--eval-limit", help="Most test patches evaluated (0: all)."),
+    max_map_drop: float = typer.Option(1.0, "--max-map-drop", help="INT8 gate: max macro-mAP drop, pts."),
+    quant_backend: str = typer.Option("onnxruntime", "--quant-backend", help="onnxruntime|modelopt|auto"),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset (>= 17)."),
+) -> None:
+    """Export a checkpoint to ONNX (+ fp16, + INT8), parity-check it, write report.md and manifest.json."""
+    from mosaic_edge.export.pipeline import ExportConfig, run_export
+
+    config = ExportConfig(fp16=fp16, int8=int8, calib_method=calib_method, calib_size=calib_size,
+                          calib_file=str(calib_file) if calib_file else None, data=data,
+                          eval_data=tuple(eval_data), eval_limit=eval_limit or None,
+                          max_map_drop_pts=max_map_drop, quant_backend=quant_backend, opset=opset)
+    result = run_export(checkpoint, out, config)
+    for name, art in result.manifest.artefacts.items():
+        typer.echo(f"{out / name}  {art.precision:<4}  target={art.target}")
+    typer.echo(f"report: {out / 'report.md'}  manifest: {out / 'manifest.json'}")
+# ---- end export --------------------------------------------------------------------------------------------
 
 
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to ``app``."""
+    app.command(name="export")(export)
+    register_trt(app)
+
+
+# ---- build-engine (TensorRT; appended by the calibration/TensorRT helper) --------------------------------
+def build_engine_cmd(
+    onnx: Path = typer.Argument(..., help="model.int8.onnx (Q/DQ), model.fp16.onnx or model.onnx."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Engine (default <onnx>.<precision>.engine)."),
+    precision: str | None = typer.Option(None, "--precision", help="fp32|fp16|int8 (default: from name)."),
+    min_batch: int = typer.Option(1, "--min-batch", help="Optimization profile: smallest batch."),
+    opt_batch: int = typer.Option(8, "--opt-batch", help="Optimization profile: batch tuned for."),
+    max_batch: int = typer.Option(32, "--max-batch", help="Optimization profile: largest batch."),
+    workspace_mb: int = typer.Option(1024, "--workspace-mb", help="Builder workspace (Jetson: shared DRAM)."),
+    timing_cache: Path | None = typer.Option(None, "--timing-cache", help="Timing cache, read and updated."),
+    calib_cache: Path | None = typer.Option(None, "--calib-cache", help="TensorRT < 11: legacy INT8 cache."),
+    verbose: bool = typer.Option(False, "--verbose", help="TensorRT log at INFO."),
+) -> None:
+    """Build a TensorRT engine on this device (writes the engine and <engine>.json with its manifest)."""
+    from mosaic_edge.export.trt import build_engine, guess_precision
+
+    prec = precision or guess_precision(onnx, calib_cache)
+    gpu = "unknown"
+    try:
+        from mosaic_edge.edge_runtime.cuda_adapter import open_cuda_adapter
+
+        adapter = open_cuda_adapter()
+        gpu = adapter.device_name()
+        adapter.close()
+    except (ImportError, RuntimeError):  # no CUDA bindings or no device: the manifest says "unknown"
+        pass
+    engine = out or onnx.with_name(f"{onnx.stem}.{prec}.engine")
+    m = build_engine(onnx, engine, precision=prec, min_batch=min_batch, opt_batch=opt_batch,
+                     max_batch=max_batch, workspace_mb=workspace_mb, timing_cache=timing_cache,
+                     calib_cache=calib_cache, gpu_name=gpu, verbose=verbose)
+    typer.echo(f"{engine}  TensorRT {m.trt_version}  {m.precision}  gpu={m.gpu_name}  {m.build_seconds:.1f}s")
+
+
+def register_trt(app: typer.Typer) -> None:
+    """Add ``build-engine``."""
+    app.command(name="build-engine")(build_engine_cmd)

@@ -1,0 +1,83 @@
+"""manifest.json: hashes, artefact choice per target, verification failing on a tampered or missing file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mosaic_edge.contract import Contract
+from mosaic_edge.manifest import MANIFEST_NAME, Manifest, ManifestError
+
+
+@pytest.fixture()
+def export_dir(tmp_path: Path) -> Path:
+    for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx", "calib.npz"):
+        (tmp_path / name).write_bytes(name.encode() * 10)
+    m = Manifest.create(Contract(model_name="tiny"), tmp_path)
+    m = m.with_artefact("model.onnx", "fp32", "any", opset=17, inputs={"sar": ["N", 2, 120, 120]},
+                        outputs=("logits",))
+    m = m.with_artefact("model.fp16.onnx", "fp16", "any")
+    m = m.with_artefact("model.int8.onnx", "int8", "tensorrt")
+    m = m.with_artefact("model.int8-cpu.onnx", "int8", "cpu")
+    m.with_file("calib.npz", "calibration-set").save()
+    return tmp_path
+
+
+def test_roundtrip_and_schema(export_dir: Path) -> None:
+    data = json.loads((export_dir / MANIFEST_NAME).read_text())
+    assert data["schema"] == 1 and data["contract"]["model_name"] == "tiny"
+    assert data["artefacts"]["model.int8.onnx"]["target"] == "tensorrt"
+    assert len(data["artefacts"]["model.onnx"]["sha256"]) == 64
+    m = Manifest.load(export_dir)
+    assert m.contract == Contract(model_name="tiny")
+    assert m.artefacts["model.onnx"].inputs == {"sar": ["N", 2, 120, 120]}
+    assert m.files["calib.npz"]["kind"] == "calibration-set"
+
+
+def test_artefact_for_prefers_the_target_specific_model(export_dir: Path) -> None:
+    m = Manifest.load(export_dir)
+    assert m.artefact_for("tensorrt", "int8").name == "model.int8.onnx"
+    assert m.artefact_for("cpu", "int8").name == "model.int8-cpu.onnx"
+    assert m.artefact_for("cuda", "int8").name == "model.int8-cpu.onnx"  # never the TensorRT Q/DQ one
+    assert m.artefact_for("tensorrt", "fp16").name == "model.fp16.onnx"
+    assert m.artefact_for("cpu", "fp32").name == "model.onnx"
+    with pytest.raises(ManifestError, match="offers"):
+        m.artefact_for("any", "int8")
+    with pytest.raises(ManifestError, match="precision"):
+        m.artefact_for("cpu", "int4")
+
+
+def test_verify_passes_then_fails_on_tampered_and_missing(export_dir: Path) -> None:
+    m = Manifest.load(export_dir)
+    assert len(m.verify()) == 5
+    (export_dir / "model.int8.onnx").write_bytes(b"tampered")
+    with pytest.raises(ManifestError, match="model.int8.onnx: sha256"):
+        m.verify()
+    m.verify("model.onnx")  # the untouched one still verifies on its own
+    (export_dir / "calib.npz").unlink()
+    with pytest.raises(ManifestError, match="missing"):
+        m.verify("calib.npz")
+    with pytest.raises(ManifestError, match="not listed"):
+        m.verify("other.onnx")
+
+
+def test_load_refuses_non_manifests(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        Manifest.load(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(ManifestError, match="unreadable"):
+        Manifest.load(tmp_path)
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"schema": 9, "artefacts": {}}))
+    with pytest.raises(ManifestError, match="newer"):
+        Manifest.load(tmp_path)
+
+
+def test_manifest_module_needs_no_torch_or_onnx() -> None:
+    code = ("import sys, mosaic_edge.manifest; "
+            "bad = [m for m in ('torch', 'onnx', 'onnxruntime') if m in sys.modules]; "
+            "sys.exit(f'imported {bad}' if bad else 0)")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,112 @@
+"""`mosaic-edge export` end to end: artefacts, manifest, Q/DQ zero points, calib cache, report, INT8 gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from mosaic_edge.calibration import load_calibration_set, read_calib_cache, save_calibration_set  # noqa: E402
+from mosaic_edge.calibration.quantize import qdq_params  # noqa: E402
+from mosaic_edge.export.onnx_export import read_contract  # noqa: E402
+from mosaic_edge.export.parity import INT8_TOLERANCE, check_parity, run_torch  # noqa: E402
+from mosaic_edge.export.pipeline import ExportConfig, run_export  # noqa: E402
+from mosaic_edge.train.checkpoint import load_checkpoint  # noqa: E402
+
+from mosaic_edge.cli import main  # noqa: E402
+from mosaic_edge.contract import Contract  # noqa: E402
+from mosaic_edge.manifest import Manifest  # noqa: E402
+
+ALL = ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx", "calib.npz", "calib.cache",
+       "manifest.json", "report.json", "report.md")
+
+
+def test_cli_writes_every_artefact_and_a_verifiable_manifest(exported: Path) -> None:
+    assert sorted(p.name for p in exported.iterdir()) == sorted(ALL)
+    m = Manifest.load(exported)
+    assert len(m.verify()) == 7  # 4 models + calib.npz + calib.cache + report.json
+    targets = {n: (a.precision, a.target) for n, a in m.artefacts.items()}
+    assert targets == {"model.onnx": ("fp32", "any"), "model.fp16.onnx": ("fp16", "any"),
+                       "model.int8.onnx": ("int8", "tensorrt"), "model.int8-cpu.onnx": ("int8", "cpu")}
+    assert m.artefact_for("tensorrt", "int8").name == "model.int8.onnx"
+    assert m.artefact_for("cpu", "int8").name == "model.int8-cpu.onnx"
+    for name, art in m.artefacts.items():
+        assert art.opset >= 17 and art.inputs["sar"][0] == "N", name
+        assert read_contract(exported / name).diff(m.contract) == []
+
+
+def test_tensorrt_artefact_is_symmetric_int8_and_cpu_one_uint8(exported: Path) -> None:
+    trt = [r for r in qdq_params(exported / "model.int8.onnx") if r["zero_point"] is not None]
+    assert trt and all(np.all(np.asarray(r["zero_point"]) == 0) for r in trt)
+    assert {r["dtype"] for r in trt} == {"int8"}
+    cpu = qdq_params(exported / "model.int8-cpu.onnx")
+    assert "uint8" in {r["dtype"] for r in cpu}
+
+
+@pytest.mark.parametrize("name", ["model.int8.onnx", "model.int8-cpu.onnx"])
+def test_every_conv_reads_quantized_weights_and_activations(exported: Path, name: str) -> None:
+    graph = onnx.load(str(exported / name)).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs
+    for conv in convs:  # a float input here leaves ORT a float Conv (slow) and TensorRT an unfusable one
+        assert [producer.get(i) for i in conv.input[:2]] == ["DequantizeLinear"] * 2, conv.name
+
+
+def test_calibration_cache_and_set_parse_back(exported: Path, contract: Contract) -> None:
+    cache = read_calib_cache(exported / "calib.cache")
+    assert cache.scales and all(s > 0 for s in cache.scales.values())
+    assert "sar" in cache.scales and "optical" in cache.scales
+    calib = load_calibration_set(exported / "calib.npz", contract)
+    assert calib["sar"].shape[1:] == (2, contract.patch_size, contract.patch_size)
+
+
+def test_report_has_every_artefact_on_both_sets(exported: Path) -> None:
+    report = json.loads((exported / "report.json").read_text())
+    assert report["gate"]["passed"] and set(report["datasets"]) == {"synthetic-test", "benv2-mini"}
+    assert report["datasets"]["benv2-mini"]["n"] == 24  # every real pair, snowy/cloudy ones included
+    for ds in report["datasets"].values():
+        for name in ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx"):
+            row = ds["artefacts"][name]
+            assert {"macro_map", "micro_map", "agreement", "max_prob_diff", "per_class_ap_delta"} <= set(row)
+            assert 0.0 <= row["agreement"] <= 1.0
+        assert ds["artefacts"]["model.onnx"]["agreement"] == 1.0
+    assert "PASSED" in (exported / "report.md").read_text()
+
+
+@pytest.mark.parametrize("name", ["model.int8.onnx", "model.int8-cpu.onnx"])
+def test_int8_parity_within_tolerance(exported: Path, tiny_checkpoint: Path, contract: Contract, name: str,
+                                      test_samples, benv2_samples) -> None:
+    model, _ = load_checkpoint(tiny_checkpoint)
+    for samples in (test_samples, benv2_samples):
+        res = check_parity(run_torch(model, samples.inputs), exported / name, samples, contract, "int8")
+        assert res.tolerance == INT8_TOLERANCE
+        assert res.passed, res.describe()
+        assert res.n == len(samples)
+
+
+def test_gate_fires_on_broken_calibration(tmp_path: Path, exported: Path, tiny_checkpoint: Path,
+                                          contract: Contract, capsys: pytest.CaptureFixture[str]) -> None:
+    calib = load_calibration_set(exported / "calib.npz", contract)
+    scaled = {k: v * 1000.0 for k, v in calib.items()}  # ranges 1000x too wide: every activation rounds to 0
+    broken = save_calibration_set(tmp_path / "broken.npz", scaled, contract)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        main(["export", str(tiny_checkpoint), "--out", str(out), "--int8", "--calib-method", "minmax",
+              "--calib-file", str(broken), "--eval-limit", "64"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "INT8 accuracy gate failed" in err and "model.int8.onnx" in err
+    assert not (out / "manifest.json").exists()  # nothing deployable left behind
+    report = json.loads((out / "report.json").read_text())
+    assert not report["gate"]["passed"]
+    # the same broken set passes when the bound is loosened past the measured drop: the gate is the bound
+    drop = -min(r["macro_map_delta_pts"] for r in report["datasets"]["synthetic-test"]["artefacts"].values())
+    run_export(tiny_checkpoint, tmp_path / "loose", ExportConfig(int8=True, calib_method="minmax",
+               calib_file=str(broken), eval_limit=64, max_map_drop_pts=drop + 0.01))
+    assert (tmp_path / "loose" / "manifest.json").is_file()
