@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from mosaic_edge.train.models import MosaicModel, build_model
 
 from mosaic_edge.contract import Contract
 from mosaic_edge.errors import DataError
-from mosaic_edge.train.models import MosaicModel, build_model
 
 FORMAT = "mosaic-edge-checkpoint"
 SCHEMA = 1
@@ -37,9 +37,11 @@ def state_dict_hash(state_dict: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | Path, model: MosaicModel, contract: Contract, extra: dict[str, Any] | None = None
-                    ) -> Contract:
-    """Write ``model`` and ``contract`` to ``path`` atomically; return the contract with ``model_hash`` filled in.
+def save_checkpoint(
+    path: str | Path, model: MosaicModel, contract: Contract, extra: dict[str, Any] | None = None
+) -> Contract:
+    """Write ``model`` and ``contract`` to ``path`` atomically; return the contract with ``model_hash``
+    filled in.
 
     Args:
         path: Destination ``.pt`` file.
@@ -48,10 +50,17 @@ def save_checkpoint(path: str | Path, model: MosaicModel, contract: Contract, ex
         extra: JSON-like primitives to keep alongside (training config, metrics).
     """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    contract = contract.replace(model_hash=state_dict_hash(state),
-                                model_name=contract.model_name or str(model.config["arch"]))
-    blob = {"format": FORMAT, "schema": SCHEMA, "model_config": dict(model.config), "state_dict": state,
-            "contract": contract.to_json(), "extra": dict(extra or {})}
+    contract = contract.replace(
+        model_hash=state_dict_hash(state), model_name=contract.model_name or str(model.config["arch"])
+    )
+    blob = {
+        "format": FORMAT,
+        "schema": SCHEMA,
+        "model_config": dict(model.config),
+        "state_dict": state,
+        "contract": contract.to_json(),
+        "extra": dict(extra or {}),
+    }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

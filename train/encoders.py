@@ -1,12 +1,17 @@
 """Encoder registry: ResNets for multispectral input written in plain torch, plus tiny test architectures.
 
-Every encoder takes ``in_chans`` (2 for Sentinel-1 VV/VH, 12 for Sentinel-2) in its first convolution and splits
-``forward_features`` (a spatial feature map [N, F, h, w]) from ``forward_head`` (global average pool -> [N, F]),
+Every encoder takes ``in_chans`` (2 for Sentinel-1 VV/VH, 12 for Sentinel-2) in its first convolution and
+splits
+``forward_features`` (a spatial feature map [N, F, h, w]) from ``forward_head`` (global average pool -> [N,
+F]),
 as timm does (STYLE.md #6). No torchvision: it does not import against the CPU torch build used here, and no
 pretrained ImageNet weights exist for 12-band input anyway.
 
-Registered names: ``tiny`` (two convolutions, runs in milliseconds, for tests), ``resnet18_narrow`` (ResNet-18
-layout at a quarter of the width, the embedded default that trains on 2 CPU cores), ``resnet18``, ``resnet50``.
+Registered names: ``tiny`` (two convolutions, runs in milliseconds, for tests), ``resnet10_micro`` (one basic
+block
+per stage at 1/8 width: the embedded default that trains in minutes on 2 CPU cores), ``resnet18_narrow``
+(ResNet-18
+at 1/4 width), ``resnet18``, ``resnet50``.
 """
 
 from __future__ import annotations
@@ -110,14 +115,21 @@ class ResNet(Encoder):
             away most of the 10 m pixels.
     """
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...], in_chans: int,
-                 base_width: int = 64, small_stem: bool = False):
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, ...],
+        in_chans: int,
+        base_width: int = 64,
+        small_stem: bool = False,
+    ):
         super().__init__()
         if small_stem:
             self.stem = nn.Sequential(_conv_bn(in_chans, base_width, 3, 1), nn.ReLU(inplace=True))
         else:
-            self.stem = nn.Sequential(_conv_bn(in_chans, base_width, 7, 2), nn.ReLU(inplace=True),
-                                      nn.MaxPool2d(3, 2, 1))
+            self.stem = nn.Sequential(
+                _conv_bn(in_chans, base_width, 7, 2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+            )
         stages = []
         cin = base_width
         for i, n in enumerate(layers):
@@ -148,8 +160,10 @@ class TinyEncoder(Encoder):
     def __init__(self, in_chans: int, width: int = 16):
         super().__init__()
         self.body = nn.Sequential(
-            _conv_bn(in_chans, width // 2, 3, 2), nn.ReLU(inplace=True),
-            _conv_bn(width // 2, width, 3, 2), nn.ReLU(inplace=True),
+            _conv_bn(in_chans, width // 2, 3, 2),
+            nn.ReLU(inplace=True),
+            _conv_bn(width // 2, width, 3, 2),
+            nn.ReLU(inplace=True),
         )
         self.num_features = width
 
@@ -160,6 +174,11 @@ class TinyEncoder(Encoder):
 @register_encoder("tiny")
 def tiny(in_chans: int) -> Encoder:
     return TinyEncoder(in_chans)
+
+
+@register_encoder("resnet10_micro")
+def resnet10_micro(in_chans: int) -> Encoder:
+    return ResNet(BasicBlock, (1, 1, 1, 1), in_chans, base_width=8)
 
 
 @register_encoder("resnet18_narrow")

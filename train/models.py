@@ -8,8 +8,10 @@
                                     |  \\--cls_optical----------------> logits_optical [N,C]
                           concat(f_s, f_o) --cls_fused-------------> logits [N,C]
 
-The per-modality classifiers let the runtime classify a tile from SAR alone when its optical half is missing or
-cloud-covered. :meth:`MosaicModel.forward` returns exactly the contract's ``output_names``, in that order, so the
+The per-modality classifiers let the runtime classify a tile from SAR alone when its optical half is missing
+or
+cloud-covered. :meth:`MosaicModel.forward` returns exactly the contract's ``output_names``, in that order, so
+the
 ONNX export can map dict keys to graph outputs one to one.
 """
 
@@ -19,23 +21,26 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from mosaic_edge.train.encoders import create_encoder, list_encoders
 from torch import nn
 
 from mosaic_edge.contract import OUTPUT_NAMES
-from mosaic_edge.train.encoders import create_encoder, list_encoders
 
 ARCHS = tuple(list_encoders())
 
 
 class ProjectionHead(nn.Module):
-    """MLP ``Linear -> ReLU -> Linear`` then L2 normalisation (SimCLR's non-linear projection, Chen et al. 2020).
+    """MLP ``Linear -> ReLU -> Linear`` then L2 normalisation (SimCLR's non-linear projection, Chen et al.
+    2020).
 
     No BatchNorm: it would couple samples across the batch (and ranks under DDP) and complicate export.
     """
 
     def __init__(self, in_features: int, hidden: int, embed_dim: int):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, embed_dim))
+        self.net = nn.Sequential(
+            nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, embed_dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.net(x), dim=1)
@@ -48,16 +53,27 @@ class MosaicModel(nn.Module):
         config: Primitive dict that rebuilds the model (``build_model(**config)``); stored in checkpoints.
     """
 
-    def __init__(self, arch: str, num_classes: int, embed_dim: int, sar_chans: int, optical_chans: int,
-                 proj_hidden: int | None):
+    def __init__(
+        self,
+        arch: str,
+        num_classes: int,
+        embed_dim: int,
+        sar_chans: int,
+        optical_chans: int,
+        proj_hidden: int | None,
+    ):
         super().__init__()
         self.enc_sar = create_encoder(arch, sar_chans)
         self.enc_optical = create_encoder(arch, optical_chans)
         fs, fo = self.enc_sar.num_features, self.enc_optical.num_features
         proj_hidden = int(proj_hidden) if proj_hidden else max(fs, embed_dim)
         self.config: dict[str, Any] = {
-            "arch": arch, "num_classes": num_classes, "embed_dim": embed_dim, "sar_chans": sar_chans,
-            "optical_chans": optical_chans, "proj_hidden": proj_hidden,
+            "arch": arch,
+            "num_classes": num_classes,
+            "embed_dim": embed_dim,
+            "sar_chans": sar_chans,
+            "optical_chans": optical_chans,
+            "proj_hidden": proj_hidden,
         }
         self.proj_sar = ProjectionHead(fs, proj_hidden, embed_dim)
         self.proj_optical = ProjectionHead(fo, proj_hidden, embed_dim)
@@ -82,19 +98,27 @@ class MosaicModel(nn.Module):
         return {name: out[name] for name in OUTPUT_NAMES}
 
     def forward(self, sar: torch.Tensor, optical: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Args: sar [N,sar_chans,P,P], optical [N,optical_chans,P,P] normalised float. Returns the output dict."""
+        """Args: sar [N,sar_chans,P,P], optical [N,optical_chans,P,P] normalised float. Returns the output
+        dict."""
         return self.heads(*self.features(sar, optical))
 
     def classifier_parameters(self) -> list[nn.Parameter]:
         return [*self.cls_fused.parameters(), *self.cls_sar.parameters(), *self.cls_optical.parameters()]
 
 
-def build_model(arch: str = "resnet18", num_classes: int = 19, embed_dim: int = 128, sar_chans: int = 2,
-                optical_chans: int = 12, proj_hidden: int | None = None) -> MosaicModel:
+def build_model(
+    arch: str = "resnet18",
+    num_classes: int = 19,
+    embed_dim: int = 128,
+    sar_chans: int = 2,
+    optical_chans: int = 12,
+    proj_hidden: int | None = None,
+) -> MosaicModel:
     """Build a :class:`MosaicModel`.
 
     Args:
-        arch: Encoder registry name (``tiny``, ``resnet18_narrow``, ``resnet18``, ``resnet50``), both modalities.
+        arch: Encoder registry name (``tiny``, ``resnet18_narrow``, ``resnet18``, ``resnet50``), both
+        modalities.
         num_classes: Number of labels C.
         embed_dim: Projection dimension D of ``emb_sar`` / ``emb_optical``.
         sar_chans / optical_chans: Input bands of each modality.
@@ -102,4 +126,6 @@ def build_model(arch: str = "resnet18", num_classes: int = 19, embed_dim: int = 
     """
     if num_classes < 1 or embed_dim < 1:
         raise ValueError(f"num_classes and embed_dim must be >= 1, got {num_classes}, {embed_dim}")
-    return MosaicModel(arch, int(num_classes), int(embed_dim), int(sar_chans), int(optical_chans), proj_hidden)
+    return MosaicModel(
+        arch, int(num_classes), int(embed_dim), int(sar_chans), int(optical_chans), proj_hidden
+    )
