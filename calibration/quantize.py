@@ -4,12 +4,17 @@ Two artefacts come from one fp32 ONNX (DESIGN.md "INT8: explicit quantization fi
 
 * ``target="tensorrt"``: symmetric int8 activations (zero point 0 -- TensorRT rejects anything else),
   per-channel symmetric int8 weights, float bias (TensorRT has no int32 DequantizeLinear), built later as a
-  strongly typed network.
-* ``target="cpu"``: asymmetric uint8 activations, the variant ONNX Runtime's CPU kernels run fast.
+  strongly typed network. Q/DQ only on the inputs of Conv/Gemm/MatMul, no op output quantized.
+* ``target="cpu"``: asymmetric uint8 activations and 7-bit weights, Conv outputs quantized so ONNX Runtime
+  fuses QLinearConv; the heads' outputs stay float.
+
+Where the Q/DQ go, and why, is :mod:`mosaic_edge.calibration.placement`.
 
 Calibration runs ONCE per call through :func:`calibrate`; the same ranges feed the Q/DQ model (handed to
 ``quantize_static`` as its calibration cache) and the per-tensor amax the TensorRT calibration cache is
-written from (:mod:`mosaic_edge.calibration.trt_cache`), so the two cannot disagree.
+written from (:mod:`mosaic_edge.calibration.trt_cache`), so the two cannot disagree. The run covers every
+tensor of the graph (not only the quantized ones): the legacy implicit-INT8 path needs a range for each
+tensor TensorRT may run in INT8, Conv outputs included.
 
 Why not ``quantize_static(calibrate_method=Entropy)`` with its defaults: ``quantize_static`` passes no bin
 counts to the entropy calibrator, which then uses 128 histogram bins and 128 quantized bins -- the KL search
@@ -29,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mosaic_edge.calibration.placement import placement_for
 
 from mosaic_edge.errors import UserError
 from mosaic_edge.optional import available, require
@@ -203,25 +209,18 @@ def calibrated_amax(
     return calibrate(fp32_onnx, calib, config, symmetric=True).amax
 
 
-def _ort_options(target: str) -> dict[str, Any]:
-    if target == "tensorrt":
-        return {
-            "activation_type": "QInt8",
-            "weight_type": "QInt8",
-            "extra": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
-        }
-    return {
-        "activation_type": "QUInt8",
-        "weight_type": "QInt8",
-        "extra": {"ActivationSymmetric": False, "WeightSymmetric": True},
-    }
-
-
 def _quantize_ort(fp32_onnx: Path, out_onnx: Path, cal: Calibration, target: str) -> None:
     quant = require("onnxruntime.quantization")
+    onnx = require("onnx")
     from onnxruntime.quantization.calibrate import CalibrationMethod, save_tensors_data
 
-    opts = _ort_options(target)
+    graph = onnx.load(str(fp32_onnx), load_external_data=False).graph
+    outputs = {o.name for o in graph.output}
+    place = placement_for(
+        target,
+        {n.op_type for n in graph.node},
+        {n.op_type for n in graph.node if outputs.intersection(n.output)},
+    )
     method = {
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
@@ -236,11 +235,13 @@ def _quantize_ort(fp32_onnx: Path, out_onnx: Path, cal: Calibration, target: str
             str(out_onnx),
             calibration_data_reader=None,
             quant_format=quant.QuantFormat.QDQ,
+            op_types_to_quantize=list(place.op_types),
             per_channel=True,
-            activation_type=getattr(quant.QuantType, opts["activation_type"]),
-            weight_type=getattr(quant.QuantType, opts["weight_type"]),
+            reduce_range=place.reduce_range,
+            activation_type=getattr(quant.QuantType, place.activation_type),
+            weight_type=getattr(quant.QuantType, place.weight_type),
             calibrate_method=method,
-            extra_options=opts["extra"],
+            extra_options=dict(place.extra),
             calibration_cache_path=str(cache),
         )
 

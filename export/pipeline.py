@@ -170,7 +170,7 @@ def _int8_artefacts(out: Path, contract: Contract, cfg: ExportConfig,
         save_calibration_set,
         write_calib_cache,
     )
-    from mosaic_edge.calibration.quantize import quantize_qdq
+    from mosaic_edge.calibration.quantize import CalibConfig, calibrate, quantize_qdq
 
     if cfg.calib_file:
         calib = load_calibration_set(cfg.calib_file, contract)
@@ -179,10 +179,14 @@ def _int8_artefacts(out: Path, contract: Contract, cfg: ExportConfig,
         calib = sample_calibration_set(train, contract, size=cfg.calib_size, seed=cfg.calib_seed)
     save_calibration_set(out / CALIB_NPZ, calib, contract)
     n = len(calib["sar"])
+    # Entropy thresholds are symmetric whichever target asks (ORT's KL search runs on a histogram centred on
+    # 0), so one entropy run -- the slow, pure-Python part of the export -- serves both artefacts.
+    shared = (calibrate(out / FP32, calib, CalibConfig("entropy"), symmetric=True)
+              if cfg.calib_method == "entropy" else None)
     trt = quantize_qdq(out / FP32, out / INT8_TRT, calib, method=cfg.calib_method, target="tensorrt",
-                       backend=cfg.quant_backend)
+                       backend=cfg.quant_backend, calibration=shared)
     cpu = quantize_qdq(out / FP32, out / INT8_CPU, calib, method=cfg.calib_method, target="cpu",
-                       backend="onnxruntime")
+                       backend="onnxruntime", calibration=shared)
     write_calib_cache(out / CALIB_CACHE, trt.amax, trt_version=cfg.trt_version)
     return {INT8_TRT: {"calib_method": trt.method, "backend": trt.backend, "calib_samples": n},
             INT8_CPU: {"calib_method": cpu.method, "backend": cpu.backend, "calib_samples": n}}

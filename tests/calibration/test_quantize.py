@@ -73,14 +73,32 @@ def test_activation_scales_are_the_calibration_amax(trt_artefact, entropy_cal) -
     # The Q/DQ model and the TensorRT cache come from ONE calibration run: scale == amax / 127.
     in_model = qdq_activation_amax(trt_artefact.path)
     for name, amax in in_model.items():
-        key = name.removesuffix("_QuantizeLinear_Input")
-        assert amax == pytest.approx(trt_artefact.amax[key], rel=1e-5), name
-    # tensors the quantizer did not tie to a neighbour carry the calibrated range itself
-    for key in ("sar", "optical", "r_opt", "r_sar", "cat"):
-        assert in_model[key] == pytest.approx(entropy_cal.amax[key], rel=1e-5), key
-    # ORT ties the Conv output to the following Relu's range (TensorRT fuses Conv+Relu the same way)
-    assert in_model["c_opt"] == pytest.approx(entropy_cal.amax["r_opt"], rel=1e-5)
+        assert amax == pytest.approx(trt_artefact.amax[name], rel=1e-5), name
+        assert amax == pytest.approx(entropy_cal.amax[name], rel=1e-5), name
+    # the cache carries every tensor of the calibration run, not only the quantized ones (legacy implicit
+    # INT8 wants a range for each tensor it may run in INT8, Conv outputs included)
     assert set(trt_artefact.amax) == set(entropy_cal.amax)
+    assert {"c_opt", "r_opt", "logits"} <= set(trt_artefact.amax)
+
+
+def test_tensorrt_placement_quantizes_only_weighted_op_inputs(trt_artefact) -> None:
+    # TensorRT / ModelOpt placement: Q/DQ on the activation and weight inputs of Conv/Gemm, on no op output.
+    onnx = pytest.importorskip("onnx")
+    graph = onnx.load(str(trt_artefact.path)).graph
+    consumers: dict[str, list[str]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.op_type)
+    acts = {r["input"] for r in qdq_params(trt_artefact.path) if r["op"] == "QuantizeLinear"}
+    # the Conv inputs (graph inputs), the Gemm input; NOT c_sar/c_opt (Conv outputs) nor r_* (ReLU outputs,
+    # which feed only a pooling op here) nor the logits
+    assert acts == {"sar", "optical", "flat"}
+    dq_out = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    for n in graph.node:
+        if n.op_type in ("Conv", "Gemm"):
+            assert n.input[0] in dq_out and n.input[1] in dq_out, n.name
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    assert {produced_by[o.name] for o in graph.output} == {"Gemm"}  # logits stay float
 
 
 def test_entropy_is_not_minmax(tiny_onnx: Path, calib_data: dict, entropy_cal) -> None:
@@ -131,3 +149,28 @@ def test_bad_arguments_are_user_errors(tiny_onnx: Path, calib_data: dict, tmp_pa
         quantize_qdq(tiny_onnx, tmp_path / "x.onnx", calib_data, target="gpu")
     with pytest.raises(UserError, match="inputs"):
         calibrate(tiny_onnx, {"sar": calib_data["sar"]}, CalibConfig("minmax"))
+
+
+def test_cpu_artefact_runs_qlinearconv_with_float_outputs(
+    tiny_onnx: Path, calib_data: dict, tmp_path: Path, entropy_cal
+) -> None:
+    # The CPU artefact exists for speed: ORT must fuse DQ -> Conv -> Q into QLinearConv (Conv outputs stay
+    # quantized), while the Gemm logits stay float and the weights are 7-bit (no u8s8 saturation on AVX2).
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    res = quantize_qdq(tiny_onnx, tmp_path / "cpu.onnx", calib_data, "entropy", "cpu", config=FAST)
+    # an asymmetric entropy run finds the symmetric run's thresholds, which is why the export shares one run
+    assert res.amax == pytest.approx(entropy_cal.amax, rel=1e-6)
+    graph = onnx.load(str(res.path)).graph
+    produced_by = {o: n.op_type for n in graph.node for o in n.output}
+    assert {produced_by[o.name] for o in graph.output} == {"Gemm"}
+    from onnx import numpy_helper
+
+    weights = [numpy_helper.to_array(t) for t in graph.initializer
+               if t.name.startswith("w_") and t.name.endswith("_quantized")]
+    assert len(weights) == 3 and all(np.abs(w.astype(int)).max() == 64 for w in weights)  # 7-bit, symmetric
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(res.path), opts, providers=["CPUExecutionProvider"])
+    fused = {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
+    assert "QLinearConv" in fused and "Conv" not in fused

@@ -75,7 +75,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, be
 
     pytest.importorskip("onnxruntime")
     out = tmp_path_factory.mktemp("export")
-    # minmax: ORT entropy currently clips the logits outputs (see the report of issue 4); --max-map-drop 5: on
+    # minmax: the fastest calibration (entropy's KL search costs seconds per tensor); --max-map-drop 5: on
     # 64 test patches of a 24 px model a class with 2 positives moves macro mAP by pts when one pair re-ranks.
     argv = ["export", str(tiny_checkpoint), "--out", str(out), "--fp16", "--int8", "--calib-size", "32",
             "--calib-method", "minmax", "--max-map-drop", "5", "--eval-limit", str(N_TEST),

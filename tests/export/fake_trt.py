@@ -8,6 +8,7 @@ Loaded by path (``importlib``) from tests/export and tests/edge_runtime.
 from __future__ import annotations
 
 import enum
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -270,6 +271,7 @@ class FakeCuda:
         self.launches = 0
         self.captures = 0
         self.freed = 0
+        self.records = 0
         self.replay: Any = None
 
     def malloc(self, nbytes: int) -> int:
@@ -303,6 +305,16 @@ class FakeCuda:
 
     def synchronize(self, stream: int) -> None:
         pass
+
+    def event(self) -> list[float]:
+        return [0.0]  # a mutable cell: record() stores when the "stream" reached it
+
+    def record(self, event: list[float], stream: int) -> None:
+        self.records += 1
+        event[0] = time.perf_counter()
+
+    def elapsed_ms(self, start: list[float], end: list[float]) -> float:
+        return (end[0] - start[0]) * 1e3
 
     def begin_capture(self, stream: int) -> None:
         self.captures += 1

@@ -58,6 +58,32 @@ def test_every_conv_reads_quantized_weights_and_activations(exported: Path, name
         assert [producer.get(i) for i in conv.input[:2]] == ["DequantizeLinear"] * 2, conv.name
 
 
+@pytest.mark.parametrize("name", ["model.int8.onnx", "model.int8-cpu.onnx"])
+def test_int8_graph_outputs_stay_float(exported: Path, name: str) -> None:
+    # logits and the L2-normalised embeddings are never rounded to 8 bits: no graph output comes out of a DQ
+    graph = onnx.load(str(exported / name)).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    assert {o.name: producer[o.name] for o in graph.output if producer[o.name] in ("DequantizeLinear",
+                                                                                  "QuantizeLinear")} == {}
+
+
+def test_tensorrt_artefact_quantizes_weighted_op_inputs_only(exported: Path) -> None:
+    graph = onnx.load(str(exported / "model.int8.onnx")).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] in producer:
+            # an activation Q reads the output of a non-weighted op (ReLU, pooling, ...), never a Conv/Gemm
+            assert producer[node.input[0]] not in ("Conv", "Gemm", "MatMul"), node.name
+    # every activation Q (weights are stored quantized, with a DQ only) has its tensor in calib.cache at the
+    # same scale: the legacy implicit path and the Q/DQ model come from one calibration run
+    cache = read_calib_cache(exported / "calib.cache")
+    acts = [r for r in qdq_params(exported / "model.int8.onnx") if r["op"] == "QuantizeLinear"]
+    assert acts
+    for r in acts:
+        scale = float(np.asarray(r["scale"]).ravel()[0])
+        assert scale == pytest.approx(cache.scales[r["input"]], rel=1e-5), r["input"]
+
+
 def test_calibration_cache_and_set_parse_back(exported: Path, contract: Contract) -> None:
     cache = read_calib_cache(exported / "calib.cache")
     assert cache.scales and all(s > 0 for s in cache.scales.values())
