@@ -11,7 +11,9 @@ In each of ``--rounds`` rounds (alternating, so drift in a shared machine's load
 3. Daemon: ``Daemon(runner, spool, ServeConfig(batch=..., once=True, settle_s=0))`` on the same tiles; wall
    time of ``run()`` with the runner already active.
 4. Prints both rates over all rounds, their ratio daemon/bare (target >= 0.95) and the median per-round ratio
-   as a Markdown table, then JSON.
+   as a Markdown table, then JSON. Also the process CPU time per tile of each side (all threads, ORT's
+   included) and the daemon's per-tile read/preprocess times from its result records: when the bare runner
+   already keeps every core busy, the daemon's extra CPU work per tile bounds the ratio, whatever overlaps.
 
 Without ``--model`` a demo export is made: ``build_model(--arch)`` with random weights (timings do not depend
 on the weights) exported to ONNX by the export stage, plus a manifest. Needs the ``train`` and ``export``
@@ -69,11 +71,13 @@ def bare_runner_rate(runner, tiles: list[Path], batch: int) -> dict:
     sar = np.concatenate([j.sar for j in jobs])
     opt = np.concatenate([j.optical for j in jobs])
     clock = StageClock(("inference",))
+    cpu0 = time.process_time()
     for i in range(0, len(sar), batch):
         with clock.iteration(), clock.stage("inference"):
             runner.infer({"sar": sar[i:i + batch], "optical": opt[i:i + batch]})
+    cpu_s = time.process_time() - cpu0
     total_s = sum(clock.end_to_end) / 1e3
-    return {"tiles": len(tiles), "patches": int(len(sar)), "seconds": total_s,
+    return {"tiles": len(tiles), "patches": int(len(sar)), "seconds": total_s, "cpu_s": cpu_s,
             "tiles_s": len(tiles) / total_s, "batch_p50_ms": clock.summary()["end_to_end"]["p50_ms"]}
 
 
@@ -84,14 +88,17 @@ def daemon_rate(runner, spool_root: Path, batch: int, n_tiles: int) -> dict:
 
     get_logger().disabled = True  # one log line per tile would measure the terminal, not the runtime
     daemon = Daemon(runner, spool_root, ServeConfig(batch=batch, once=True, settle_s=0.0, max_wait_ms=50.0))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     code = daemon.run()
-    seconds = time.perf_counter() - t0
-    done = len(list((spool_root / "results").glob("*.jsonl")))
+    seconds, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    results = sorted((spool_root / "results").glob("*.jsonl"))
     failed = len(list((spool_root / "failed").glob("*.reason")))
-    if code != 0 or done != n_tiles:
-        raise SystemExit(f"daemon exit {code}: {done} results, {failed} failed of {n_tiles} tiles")
-    return {"tiles": done, "seconds": seconds, "tiles_s": done / seconds}
+    if code != 0 or len(results) != n_tiles:
+        raise SystemExit(f"daemon exit {code}: {len(results)} results, {failed} failed of {n_tiles} tiles")
+    timings = [json.loads(p.read_text().splitlines()[0])["timings_ms"] for p in results]
+    stages = {k: float(np.median([t[k] for t in timings])) for k in ("read", "preprocess")}
+    return {"tiles": len(results), "seconds": seconds, "cpu_s": cpu_s, "tiles_s": len(results) / seconds,
+            "tile_p50_ms": stages}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,11 +137,16 @@ def main(argv: list[str] | None = None) -> int:
                 rounds.append({"bare": bare, "daemon": daemon, "ratio": daemon["tiles_s"] / bare["tiles_s"]})
         bare_total = sum(r["bare"]["tiles"] for r in rounds) / sum(r["bare"]["seconds"] for r in rounds)
         daemon_total = sum(r["daemon"]["tiles"] for r in rounds) / sum(r["daemon"]["seconds"] for r in rounds)
+        cpu_ms = {side: 1e3 * sum(r[side]["cpu_s"] for r in rounds) / sum(r[side]["tiles"] for r in rounds)
+                  for side in ("bare", "daemon")}
         result = {"model": str(args.model or f"demo {args.arch}"), "artefact_sha256": runner.model_hash,
                   "batch": args.batch, "tiles": per_round * args.rounds, "rounds": rounds,
                   "threads": args.threads, "bare_tiles_s": bare_total, "daemon_tiles_s": daemon_total,
                   "ratio_of_totals": daemon_total / bare_total,
-                  "ratio_median": float(np.median([r["ratio"] for r in rounds]))}
+                  "ratio_median": float(np.median([r["ratio"] for r in rounds])),
+                  "cpu_ms_per_tile": cpu_ms,
+                  "daemon_tile_p50_ms": {k: float(np.median([r["daemon"]["tile_p50_ms"][k] for r in rounds]))
+                                         for k in ("read", "preprocess")}}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     print("| tiles | batch | rounds | bare runner tiles/s | daemon tiles/s | daemon / bare (totals) | "
@@ -143,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| {result['tiles']} | {args.batch} | {args.rounds} | {bare_total:.1f} | {daemon_total:.1f} | "
           f"{result['ratio_of_totals']:.3f} | {result['ratio_median']:.3f} | "
           + ", ".join(f"{r['ratio']:.3f}" for r in rounds) + " |")
+    cpu, st = result["cpu_ms_per_tile"], result["daemon_tile_p50_ms"]
+    print(f"\nCPU ms per tile (process, all threads): bare {cpu['bare']:.1f}, daemon {cpu['daemon']:.1f}; "
+          f"daemon p50 per tile: read {st['read']:.1f} ms, preprocess {st['preprocess']:.1f} ms\n")
     print(json.dumps(result, indent=1))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

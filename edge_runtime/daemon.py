@@ -1,12 +1,16 @@
-"""The spool daemon behind ``mosaic-edge serve``.
+"""The spool daemon behind ``mosaic-edge serve``: three threads joined by bounded queues.
 
-A reader thread watches ``incoming/`` (inotify via ``inotify_simple`` when importable, else polling), reads
-and preprocesses ready tiles and queues them; the main thread gathers patches into batches of up to ``batch``
-or whatever arrived within ``max_wait_ms`` of the first one, runs the runner, and finalises finished tiles:
-results written atomically, then the input moved to ``done/`` (see :mod:`~mosaic_edge.edge_runtime.spool`). A
-bad tile goes to ``failed/`` with a one-line reason and the daemon carries on. A full output disk pauses the
-tile and retries with back-off; nothing is moved before its results are on disk. SIGTERM/SIGINT: stop taking
-tiles, finish what is queued, exit 0.
+* reader: watches ``incoming/`` (inotify via ``inotify_simple`` when importable, else polling), reads and
+  preprocesses ready tiles and queues them (at most ``queue_tiles`` ahead of inference);
+* inference (the thread calling :meth:`Daemon.run`): gathers patches into batches of up to ``batch`` or
+  whatever arrived within ``max_wait_ms`` of the first one, runs the runner, and hands finished tiles on;
+* writer (:class:`~mosaic_edge.edge_runtime.commit.Committer`): writes results atomically, then moves inputs
+  to ``done/``, a group of tiles per directory fsync, so inference never waits on the disk.
+
+A full queue blocks the stage before it, so a slow disk slows reading instead of filling memory. A bad tile
+goes to ``failed/`` with a one-line reason and the daemon carries on. A full output disk pauses the writer and
+retries with back-off; nothing is moved before its results are on disk. SIGTERM/SIGINT: stop taking tiles,
+finish and commit what is queued, exit 0.
 """
 
 from __future__ import annotations
@@ -21,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mosaic_edge.edge_runtime import pipeline, postprocess
+from mosaic_edge.edge_runtime import pipeline
+from mosaic_edge.edge_runtime.commit import Committer
 from mosaic_edge.edge_runtime.logs import get_logger
 from mosaic_edge.edge_runtime.metrics_http import Metrics, MetricsServer
 from mosaic_edge.edge_runtime.runner import Runner
-from mosaic_edge.edge_runtime.spool import DISK_FULL, Candidate, IncomingWatcher, Spool, valid_tile_id
+from mosaic_edge.edge_runtime.spool import Candidate, IncomingWatcher, Spool, valid_tile_id
 from mosaic_edge.edge_runtime.tiles import MissingPartnerError, TileLimits, fingerprint
 
 from mosaic_edge.errors import DataError, UserError
@@ -45,6 +50,7 @@ class ServeConfig:
     poll_s: float = 1.0
     stride: int | None = None
     queue_tiles: int = 4
+    write_queue: int = 4
     once: bool = False
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
@@ -54,8 +60,9 @@ class ServeConfig:
     inotify: bool = True
 
     def __post_init__(self) -> None:
-        if self.batch < 1 or self.max_wait_ms < 0 or self.settle_s < 0 or self.queue_tiles < 1:
-            raise UserError("batch and queue size must be >= 1; max-wait and settle times >= 0")
+        if (self.batch < 1 or self.max_wait_ms < 0 or self.settle_s < 0 or self.queue_tiles < 1
+                or self.write_queue < 1):
+            raise UserError("batch and queue sizes must be >= 1; max-wait and settle times >= 0")
 
 
 class Daemon:
@@ -69,12 +76,15 @@ class Daemon:
         self._stop = threading.Event()
         self._queue: queue.Queue = queue.Queue(maxsize=config.queue_tiles)
         self._lock = threading.Lock()
+        self._fail_lock = threading.Lock()  # three threads fail tiles; failed/ names are picked race-free
         self._names: set[str] = set()  # incoming/ entries taken and not finished
         self._ids: set[str] = set()
         self._reader_done = False
         self.metrics_address: tuple[str, int] | None = None
         # A TensorRT engine's profile caps the batch; never hand it more.
         self.batch = min(config.batch, runner.max_batch or config.batch)
+        self._committer = Committer(self.spool, runner, self.metrics, self._stop, self._fail, self._release,
+                                    config.disk_retry_s, config.disk_retry_max_s, config.write_queue)
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -88,7 +98,8 @@ class Daemon:
     def _fail(self, name: str, tile_id: str, reason: str) -> None:
         reason = reason.replace(f"{self.spool.incoming}/", "")  # relative names: shorter, no host paths
         try:
-            dest = self.spool.move_failed(name, reason)
+            with self._fail_lock:
+                dest = self.spool.move_failed(name, reason)
         except OSError as exc:
             log.error("cannot move tile to failed/", extra={"fields": {"tile": tile_id, "error": str(exc)}})
             return
@@ -97,6 +108,8 @@ class Daemon:
 
     def _take(self, cand: Candidate) -> str:
         """Handle one ready entry: queue it, settle it (fail/recover), or leave it ("wait")."""
+        if self._stop.is_set():
+            return "wait"  # shutting down: leave it in incoming/ unread
         if not valid_tile_id(cand.tile_id) or (cand.path.is_file() and not cand.name.endswith(".npz")):
             self._fail(cand.name, cand.tile_id, f"invalid tile name {cand.name!r}: expected <id>.npz or a "
                        "folder <id>/ with id of letters, digits, '.', '_', '-' (no '..')")
@@ -136,7 +149,7 @@ class Daemon:
             log.exception("unexpected error reading tile", extra={"fields": {"tile": cand.tile_id}})
             self._fail(cand.name, cand.tile_id, f"internal error: {type(exc).__name__}: {exc}")
         finally:
-            if not queued:  # the main thread releases queued tiles when it finishes them
+            if not queued:  # queued tiles are released by the thread that finishes them
                 self._release(cand)
         return "handled"
 
@@ -159,7 +172,7 @@ class Daemon:
                     with self._lock:
                         skip = set(self._names)
                     ready, pending = self.spool.poll(skip)
-                    waiting = sum(self._take(c) == "wait" for c in ready if not self._stop.is_set())
+                    waiting = sum(self._take(c) == "wait" for c in ready)
                 except Exception:  # noqa: BLE001 - e.g. the spool folder vanished; keep trying
                     log.exception("spool scan failed")
                     ready, pending, waiting = [], 1, 0
@@ -231,7 +244,9 @@ class Daemon:
                 pipeline.store_outputs(job, a, {k: v[off:off + b - a] for k, v in out.items()})
                 job.timings_ms["infer"] = job.timings_ms.get("infer", 0.0) + dt * 1e3
             off += b - a
-        self._finalise([job for job in jobs if job.n_done == job.n and not job.failed])
+        finished = [job for job in jobs if job.n_done == job.n and not job.failed]
+        if finished:
+            self._committer.put(finished)  # blocks only while the writer is write_queue batches behind
 
     def _fail_jobs(self, jobs: list[pipeline.Job], reason: str) -> None:
         for job in jobs:
@@ -239,63 +254,6 @@ class Daemon:
                 job.failed = True  # its remaining patches are dropped from the backlog
                 self._fail(job.name, job.tile_id, reason)
                 self._release(job.candidate)
-
-    def _write(self, job: pipeline.Job, jsonl: bytes, geojson: bytes | None) -> bool:
-        delay = self.config.disk_retry_s
-        while True:
-            try:
-                self.spool.write_results(job.tile_id, jsonl, geojson)
-                return True
-            except OSError as exc:
-                if exc.errno not in DISK_FULL:
-                    raise
-                self.metrics.inc("disk_full_retries")
-                log.warning("output disk full; retrying",
-                            extra={"fields": {"tile": job.tile_id, "retry_s": delay}})
-                if self._stop.wait(delay):
-                    return False  # input stays in incoming/ and is redone on the next start
-                delay = min(2 * delay, self.config.disk_retry_max_s)
-
-    def _finalise(self, jobs: list[pipeline.Job]) -> None:
-        """Commit finished tiles: write every result, one fsync of results/, then move the inputs to done/."""
-        written = []
-        for job in jobs:
-            try:
-                records = pipeline.job_records(job, self.runner)
-                t0 = time.perf_counter()
-                if self._write(job, postprocess.to_jsonl(records), postprocess.to_geojson(records)):
-                    written.append((job, records, t0))
-                    continue
-            except Exception as exc:  # noqa: BLE001 - one bad tile must never stop the daemon
-                log.exception("writing results failed", extra={"fields": {"tile": job.tile_id}})
-                self._fail(job.name, job.tile_id, f"cannot write results: {type(exc).__name__}: {exc}")
-            self._release(job.candidate)
-        if not written:
-            return
-        try:
-            self.spool.sync("results")  # the results are durable from here on: only now may inputs move
-        except OSError:
-            log.exception("cannot sync results/; inputs stay in incoming/ and are redone")
-            for job, _, _ in written:
-                self._release(job.candidate)
-            return
-        for job, records, t0 in written:
-            try:
-                self.spool.move_done(job.candidate, sync=False)
-                self.metrics.observe("write", time.perf_counter() - t0)
-                self.metrics.inc("tiles_done")
-                log.info("tile done", extra={"fields": {
-                    "tile": job.tile_id, "patches": job.n, "heads": sorted(set(job.heads)),
-                    "timings_ms": records[0]["timings_ms"]}})
-            except Exception as exc:  # noqa: BLE001 - one bad tile must never stop the daemon
-                log.exception("moving tile to done/ failed", extra={"fields": {"tile": job.tile_id}})
-                self._fail(job.name, job.tile_id, f"cannot finish tile: {type(exc).__name__}: {exc}")
-            finally:
-                self._release(job.candidate)
-        try:
-            self.spool.sync("done", "incoming")
-        except OSError:
-            log.exception("cannot sync done/")  # a crash now only repeats the (idempotent) moves
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -320,7 +278,9 @@ class Daemon:
             log.info("serving", extra={"fields": {
                 "spool": str(self.spool.root), "runner": self.runner.describe(),
                 "temp_files_removed": removed, "metrics": self.metrics_address}})
+            writer = threading.Thread(target=self._committer.run, name="result-writer", daemon=True)
             reader = threading.Thread(target=self._reader, name="tile-reader", daemon=True)
+            writer.start()
             reader.start()
             backlog: deque = deque()
             while True:
@@ -338,6 +298,8 @@ class Daemon:
                 except Exception:  # noqa: BLE001 - keep serving
                     log.exception("batch loop error")
             reader.join()
+            self._committer.close()  # after the last batch: the writer commits everything, then returns
+            writer.join()
             if server is not None:
                 server.__exit__(None, None, None)
             self.runner.deactivate()

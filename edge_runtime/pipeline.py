@@ -88,6 +88,12 @@ def job_records(job: Job, runner: Runner) -> list[dict[str, Any]]:
                                     job.optical_invalid, extra)
 
 
+def result_files(job: Job, runner: Runner) -> tuple[list[dict[str, Any]], bytes, bytes | None]:
+    """A finished job's records and the bytes of its result files (``.jsonl``, ``.geojson`` or None)."""
+    records = job_records(job, runner)
+    return records, postprocess.to_jsonl(records), postprocess.to_geojson(records)
+
+
 def predict_paths(runner: Runner, paths: Iterable[str | Path], batch: int = 8, stride: int | None = None,
                   limits: TileLimits = TileLimits(), allow_sar_only: bool = True
                   ) -> Iterator[tuple[Path, list[dict[str, Any]] | None, str | None]]:

@@ -346,7 +346,6 @@ def list_tiles(folder: Path) -> list[Path]:
 def runtime_pipeline(runner: Any, results_root: Path) -> Pipeline:
     """The daemon's own steps (``edge_runtime.pipeline``), writing results atomically into a scratch spool."""
     from mosaic_edge.edge_runtime import pipeline as rt
-    from mosaic_edge.edge_runtime.postprocess import to_geojson, to_jsonl
     from mosaic_edge.edge_runtime.spool import Spool
 
     spool = Spool(results_root)
@@ -364,8 +363,8 @@ def runtime_pipeline(runner: Any, results_root: Path) -> Pipeline:
         for job in jobs:
             rt.store_outputs(job, 0, {k: v[start:start + job.n] for k, v in out.items()})
             start += job.n
-            records = rt.job_records(job, runner)
-            results.append((job.tile_id, to_jsonl(records), to_geojson(records)))
+            _, jsonl, geojson = rt.result_files(job, runner)
+            results.append((job.tile_id, jsonl, geojson))
         return results
 
     def write(results: list[tuple[str, bytes, bytes | None]], index: int) -> None:

@@ -40,9 +40,11 @@ class Runner:
         precision: "fp32", "fp16" or "int8".
         model_hash: SHA-256 of the artefact that runs (goes into every output record).
         max_batch: Largest batch the backend accepts (None: unbounded).
+        model_path: The artefact file that runs, when there is one (profiles name it).
     """
 
     kind = "base"
+    model_path: Path | None = None
 
     def __init__(self, contract: Contract, precision: str = "fp32", model_hash: str = "",
                  max_batch: int | None = None):
@@ -149,7 +151,7 @@ class OnnxRuntimeRunner(Runner):
                  threads: int | None = None, precision: str = "fp32", model_hash: str = "",
                  allow_cpu_fallback: bool = False):
         self._ort = require("onnxruntime")
-        self.model_path = Path(model_path)
+        self.model_path: Path = Path(model_path)
         if not self.model_path.is_file():
             raise UserError(f"model file not found: {self.model_path}")
         if device not in ("cpu", "cuda"):

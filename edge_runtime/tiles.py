@@ -1,6 +1,6 @@
 """Reading one incoming tile and turning it into model-ready arrays.
 
-A tile is one of (see ``docs/jetson.md`` for the spool convention):
+A tile is one of (see README.md, "Spool convention"):
 
 - ``<name>.npz`` (or a folder holding exactly one ``.npz``) with ``sar`` float [2, H, W] in dB (VV, VH) and
   optionally ``optical`` [12, H, W] L2A reflectance x 1e4 on the same 10 m grid, ``cloudy`` (bool scalar),

@@ -8,7 +8,9 @@ TensorRT calls (TensorRT 10.x/11.x Python API; the binding-index API is gone sin
 
 Optional CUDA-graph capture per batch size (cuda-python adapter): after a shape change TensorRT needs one
 plain enqueue before capture, so the first call of each size runs normally, then captures; later calls launch
-the graph. Never imports torch.
+the graph. Four CUDA events on the stream split each call into host->device copy, device execution and
+device->host copy; their times land in ``last_timings`` (``h2d_ms``, ``device_ms``, ``d2h_ms``), which
+:mod:`~mosaic_edge.edge_runtime.profiling` reports per stage. Never imports torch.
 """
 
 from __future__ import annotations
@@ -93,11 +95,15 @@ class TensorRTRunner(Runner):
         self._stream: Any = None
         self._graphs: dict[int, Any] = {}
         self._shape_of: dict[int, dict[str, tuple[int, ...]]] = {}
+        self._events: list[Any] = []
+        self.model_path: Path | None = Path(engine) if isinstance(engine, (str, Path)) else None
+        self.last_timings: dict[str, float] | None = None  # CUDA-event times of the last infer, in ms
 
     def _activate(self) -> None:
         trt, cuda = self._trt, self._cuda
         self._context = self._engine.create_execution_context()
         self._stream = cuda.stream()
+        self._events = [cuda.event() for _ in range(4)]  # start | after h2d | after execution | after d2h
         for name in self.inputs:  # max shapes once, so output buffers can be sized for the largest batch
             self._context.set_input_shape(name, self.profile[name][2])
         for name in self.inputs + self.outputs:
@@ -117,6 +123,7 @@ class TensorRTRunner(Runner):
         for ptr in self._dev.values():
             cuda.free(ptr)
         self._host, self._dev, self._graphs, self._context = {}, {}, {}, None
+        self._events = []
 
     def _set_shapes(self, n: int) -> None:
         for name in self.inputs:
@@ -146,19 +153,27 @@ class TensorRTRunner(Runner):
         cuda = self._cuda
         n = int(next(iter(batch.values())).shape[0])
         self._set_shapes(n)
+        ev = self._events
+        cuda.record(ev[0], self._stream)
         for name in self.inputs:
             host = self._host[name]
             rows = host[:n]
             rows[...] = batch[name].astype(host.dtype, copy=False)
             cuda.h2d_async(self._dev[name], rows, self._stream)
+        cuda.record(ev[1], self._stream)
         self._enqueue(n)
+        cuda.record(ev[2], self._stream)  # after end_capture: events are never recorded into a graph
         out_rows = {}
         for name in self.outputs:
             shape = tuple(self._context.get_tensor_shape(name))
             rows = self._host[name].reshape(-1)[: int(np.prod(shape))].reshape(shape)
             cuda.d2h_async(rows, self._dev[name], self._stream)
             out_rows[name] = rows
+        cuda.record(ev[3], self._stream)
         cuda.synchronize(self._stream)
+        self.last_timings = {"h2d_ms": cuda.elapsed_ms(ev[0], ev[1]),
+                             "device_ms": cuda.elapsed_ms(ev[1], ev[2]),
+                             "d2h_ms": cuda.elapsed_ms(ev[2], ev[3])}
         return {name: np.array(rows, dtype=np.float32) for name, rows in out_rows.items()}
 
     def describe(self) -> dict[str, Any]:
@@ -235,4 +250,6 @@ def open_trt_runner(
     cache = EngineCache(engine_dir or default_engine_dir(), _build, lambda p: load_engine(trt, p, logger))
     res: CacheResult = cache.load_or_build(path, key)
     log.info("engine %s (%s)", res.path, "built" if res.built else "cached")
-    return TensorRTRunner(res.engine, contract, precision, key.model_sha256, cuda_graphs, cuda_backend)
+    runner = TensorRTRunner(res.engine, contract, precision, key.model_sha256, cuda_graphs, cuda_backend)
+    runner.model_path = path  # the ONNX artefact the engine was built from (its name keys the export report)
+    return runner

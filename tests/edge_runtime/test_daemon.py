@@ -150,6 +150,38 @@ def test_disk_full_pauses_and_loses_nothing(tmp_path, tiny_onnx):
     assert os.listdir(spool / "failed") == [] and os.listdir(spool / "incoming") == []
 
 
+def test_inference_does_not_wait_for_result_writes(tmp_path, tiny_onnx):
+    """Writes block until every tile is inferred: that finishes only if inference never waits on the disk."""
+    import threading
+
+    from mosaic_edge.edge_runtime.runner import open_runner
+    from mosaic_edge.edge_runtime.spool import Spool
+
+    spool, n = tmp_path / "spool", 4
+    for i in range(n):
+        write_npz_tile(spool / "incoming" / f"w{i}.npz", seed=i)
+    runner = open_runner(tiny_onnx, kind="ort", threads=1)
+    all_inferred, inferred, waits = threading.Event(), [], []
+    infer = runner.infer
+
+    def counting_infer(batch):
+        out = infer(batch)
+        inferred.append(len(batch["sar"]))
+        if len(inferred) == n:
+            all_inferred.set()
+        return out
+
+    def slow_disk(path, data):
+        waits.append(all_inferred.wait(10))  # the first write holds the writer until inference is done
+        atomic_write(path, data, sync_dir=False)
+
+    runner.infer = counting_infer
+    cfg = ServeConfig(batch=1, settle_s=0, poll_s=0.05, max_wait_ms=5, once=True, write_queue=n)
+    assert Daemon(runner, Spool(spool, 0, writer=slow_disk), cfg).run() == 0
+    assert waits == [True] * n and inferred == [1] * n
+    assert set(read_results(spool)) == {f"w{i}" for i in range(n)}
+
+
 class _BrokenEngineRunner(Runner):
     kind = "fake"
 

@@ -42,8 +42,11 @@ def test_metrics_endpoint_is_loopback_and_read_only(tmp_path, tiny_onnx):
             time.sleep(0.02)
         host, port = daemon.metrics_address
         assert host == "127.0.0.1"
-        write_npz_tile(spool / "incoming" / "m.npz")
-        (spool / "incoming" / "broken.npz").write_bytes(b"x")
+        # Written under dot-names and renamed in (the writer convention): with settle_s=0 a file written in
+        # place could be taken half-written.
+        write_npz_tile(spool / "incoming" / ".m.npz").rename(spool / "incoming" / "m.npz")
+        (spool / "incoming" / ".broken.npz").write_bytes(b"x")
+        (spool / "incoming" / ".broken.npz").rename(spool / "incoming" / "broken.npz")
         while daemon.metrics.counters["tiles_done"] + daemon.metrics.counters["tiles_failed"] < 2:
             assert time.time() < deadline
             time.sleep(0.02)

@@ -54,20 +54,39 @@ def test_runner_infers_variable_batches_with_fixed_buffers(fakes) -> None:
     engine = trt.Runtime(None).deserialize_cuda_engine(b"ENGINE:x")
     runner = trt_runner.TensorRTRunner(engine, Contract(patch_size=P), precision="int8", model_hash="h")
     assert runner.max_batch == 16 and runner.inputs == ["sar", "optical"]
+    assert runner.last_timings is None and runner.model_path is None  # built from an engine object
     with runner as r:
         addresses = dict(r._context.addr)
         host_ids = {k: id(v) for k, v in r._host.items()}
-        for n in (1, 5, 16, 3):
+        for k, n in enumerate((1, 5, 16, 3)):
             b = _batch(n, seed=n)
             out = r.infer(b)
             assert out["logits"].shape == (n, 19) and out["emb_sar"].shape == (n, 4)
             np.testing.assert_allclose(out["logits"][:, :1], _expected(b), rtol=1e-6)
+            # CUDA-event split of this call, as profiling.py reads it: copies in, execution, copies out.
+            assert set(r.last_timings) == {"h2d_ms", "device_ms", "d2h_ms"}
+            assert all(isinstance(v, float) and v >= 0 for v in r.last_timings.values())
+            assert cuda.records == 4 * (k + 1)
         assert r._context.addr == addresses  # addresses set once
         assert {k: id(v) for k, v in r._host.items()} == host_ids  # pinned buffers allocated once
         assert r._host["sar"].shape == (16, 2, P, P)  # sized for the profile's max batch
         with pytest.raises(ContractMismatchError, match="max batch"):
             r.infer(_batch(17))
     assert cuda.freed == 2 * 7  # 7 pinned + 7 device buffers released
+
+
+def test_profile_reads_trt_event_times(fakes) -> None:
+    """The runner's ``last_timings`` keys are the ones the profiler moves into h2d/d2h and device time."""
+    from mosaic_edge.edge_runtime import profiling
+
+    trt, _ = fakes
+    engine = trt.Runtime(None).deserialize_cuda_engine(b"ENGINE:x")
+    clock = profiling.StageClock()
+    with trt_runner.TensorRTRunner(engine, Contract(patch_size=P)) as r, clock.iteration():
+        profiling._infer_timed(r, _batch(4), clock)
+    assert set(r.last_timings) >= {*profiling.RUNNER_SPLIT_KEYS.values(), profiling.DEVICE_KEY}
+    assert clock.extra["inference_device"] == [r.last_timings["device_ms"]]
+    assert clock.samples["h2d"] == [r.last_timings["h2d_ms"]]
 
 
 def test_cuda_graph_captured_once_per_batch_size(fakes) -> None:
@@ -100,6 +119,7 @@ def test_open_trt_runner_builds_then_loads_from_cache(fakes, tmp_path: Path) -> 
     trt.calls.clear()
     with trt_runner.open_trt_runner(onnx, **kw) as r:  # second start: loads, no build
         assert r.infer(_batch(2))["logits"].shape == (2, 19)
+        assert r.model_path == onnx  # the artefact profiles name (and look up in the export report)
     assert trt.calls == []
     engine = next((tmp_path / "engines").glob("*.engine"))
     assert "Fake Orin" in engine.with_name(engine.name + ".json").read_text()
