@@ -139,16 +139,6 @@ class EngineManifest:
     created: str = ""
     build_seconds: float = 0.0
 
-    def key_fields(self) -> dict[str, Any]:
-        """The fields an engine is only valid for."""
-        return {
-            "model_sha256": self.model_sha256,
-            "trt_version": self.trt_version,
-            "gpu_name": self.gpu_name,
-            "precision": self.precision,
-            "profile": {k: [list(s) for s in v] for k, v in self.profile.items()},
-        }
-
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
