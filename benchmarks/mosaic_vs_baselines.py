@@ -100,7 +100,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    base = TrainConfig(seed=args.seed, log_every=1000)
+    # finetune_epochs=0: the linear-probe protocol compares frozen encoders; the default training's end-to-end
+    # fine-tune would train every method's encoder with labels and blur what the pre-training objective did.
+    base = TrainConfig(seed=args.seed, log_every=1000, finetune_epochs=0)
     if args.quick:
         base = base.replace(
             arch="tiny",

@@ -2,9 +2,12 @@
 #5).
 
 The defaults are the *embedded default*: ``mosaic-edge train`` with no arguments trains on the synthetic
-benchmark (48 px patches, 2000/500/500 train/val/test) with the ``resnet10_micro`` encoder and finishes in a
-few
-minutes on 2 CPU cores. ResNet-18/50 and BigEarthNet v2 are one flag away (``--arch resnet50 --data /path``).
+benchmark (48 px patches, 2000/500/500 train/val/test) with the ``resnet10_micro`` encoder: 12 epochs of
+MoSAiC pre-training on whole patches, linear heads on frozen features, then 30 epochs of end-to-end BCE
+fine-tuning (lr 6e-3), within 5 minutes on 2 CPU cores. The fine-tune settings come from a validation-split
+sweep (``benchmarks/RESULTS.md``, "Embedded default training"). ResNet-18/50 and BigEarthNet v2 are one flag
+away (``--arch resnet50 --data /path``); ``--finetune-epochs 0`` gives the frozen-encoder (linear-probe)
+model.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ class TrainConfig:
         embed_dim: Projection dimension.
         epochs: Contrastive pre-training epochs (phase 1).
         head_epochs: Epochs of the multi-label head fit on frozen features (phase 2, cheap).
+        finetune_epochs: Epochs of end-to-end BCE fine-tuning of encoders + classifiers after the head fit
+            (phase 3, :mod:`.finetune`; 0 = frozen encoders, i.e. the linear-probe result).
+        finetune_lr: Peak AdamW learning rate of phase 3 (cosine decay).
         batch_size: Global batch size (split over DDP ranks).
         lr / weight_decay / warmup_epochs / grad_clip: AdamW, cosine schedule with linear warm-up, clip norm.
         head_lr: Learning rate of the phase-2 linear heads.
@@ -56,6 +62,8 @@ class TrainConfig:
     embed_dim: int = 128
     epochs: int = 12
     head_epochs: int = 200
+    finetune_epochs: int = 30
+    finetune_lr: float = 6e-3
     batch_size: int = 128
     lr: float = 3e-3
     head_lr: float = 1e-2
@@ -88,10 +96,10 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if not 0.0 < self.label_fraction <= 1.0:
             raise ValueError(f"label_fraction must be in (0, 1], got {self.label_fraction}")
-        if self.epochs < 0 or self.head_epochs < 0 or self.batch_size < 2:
-            raise ValueError("epochs and head_epochs must be >= 0 and batch_size >= 2")
-        if self.lr <= 0 or self.head_lr <= 0 or self.temperature <= 0:
-            raise ValueError("lr, head_lr and temperature must be > 0")
+        if min(self.epochs, self.head_epochs, self.finetune_epochs) < 0 or self.batch_size < 2:
+            raise ValueError("epochs, head_epochs and finetune_epochs must be >= 0 and batch_size >= 2")
+        if min(self.lr, self.head_lr, self.finetune_lr) <= 0 or self.temperature <= 0:
+            raise ValueError("lr, head_lr, finetune_lr and temperature must be > 0")
 
     @property
     def data_tag(self) -> str:

@@ -98,8 +98,10 @@ class StreamingSplit:
         return torch.from_numpy(self.dataset.labelled)
 
     def iter_batches(self, batches: list[torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
-        loader = torch.utils.data.DataLoader(
-            self.dataset,
+        # PatchDataset is map-style (len + getitem) without subclassing torch's Dataset: the core never imports
+        # torch, and DataLoader only needs the protocol.
+        loader: torch.utils.data.DataLoader[dict[str, torch.Tensor]] = torch.utils.data.DataLoader(
+            self.dataset,  # type: ignore[arg-type]
             batch_sampler=[b.tolist() for b in batches],
             num_workers=self.num_workers,
             collate_fn=_collate,

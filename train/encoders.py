@@ -148,7 +148,9 @@ class ResNet(Encoder):
         for m in self.modules():
             if isinstance(m, (BasicBlock, Bottleneck)):
                 last = m.conv3 if isinstance(m, Bottleneck) else m.conv2
-                nn.init.zeros_(last[1].weight)
+                bn = last[1]
+                assert isinstance(bn, nn.BatchNorm2d)
+                nn.init.zeros_(bn.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.stages(self.stem(x))

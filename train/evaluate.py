@@ -53,7 +53,7 @@ def compute_metrics(out: dict[str, torch.Tensor], contract: Contract) -> dict[st
     """All evaluation numbers of model outputs ``out`` (from :func:`predict_split`) under ``contract``."""
     y = out["labels"].numpy()
     probs = _sigmoid(out["logits"])
-    ap = average_precision(y, probs)
+    ap = np.atleast_1d(average_precision(y, probs))  # [C] per class (a float only for 1-D input)
     f1 = f1_scores(y, probs, np.asarray(contract.thresholds))
     res: dict[str, Any] = {
         "n": int(len(y)),
@@ -101,22 +101,31 @@ def linear_probe(
     Thresholds are tuned on the validation split (max F1 per class). Returns the contract carrying them and
     ``{"val": metrics, "test": metrics, "head_history": [...]}``. The model's heads are overwritten.
     """
-    from mosaic_edge.train.probe import fit_heads, tune_thresholds
+    from mosaic_edge.train.probe import fit_heads
 
     if train_split is None or label_fraction != cfg.label_fraction:
         train_split = load_split(cfg, contract, "train", label_fraction)
     history = fit_heads(
         model, predict_split(model, train_split, device), cfg.head_epochs, cfg.head_lr, cfg.seed
     )
+    contract, res = tune_and_test(model, cfg, contract, device)
+    return contract, {**res, "head_history": history}
+
+
+def tune_and_test(
+    model: MosaicModel, cfg: TrainConfig, contract: Contract, device: torch.device
+) -> tuple[Contract, dict[str, Any]]:
+    """Tune per-class thresholds on the validation split (max F1), then score validation and test.
+
+    Returns the contract carrying the thresholds and ``{"val": metrics, "test": metrics}``.
+    """
+    from mosaic_edge.train.probe import tune_thresholds
+
     val = predict_split(model, load_split(cfg, contract, "validation"), device)
     thresholds = tune_thresholds(torch.sigmoid(val["logits"]).numpy(), val["labels"].numpy())
     contract = contract.replace(thresholds=tuple(float(t) for t in thresholds), model_name=cfg.arch)
     test = predict_split(model, load_split(cfg, contract, "test"), device)
-    return contract, {
-        "val": compute_metrics(val, contract),
-        "test": compute_metrics(test, contract),
-        "head_history": history,
-    }
+    return contract, {"val": compute_metrics(val, contract), "test": compute_metrics(test, contract)}
 
 
 def evaluate_checkpoint(

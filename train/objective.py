@@ -53,19 +53,20 @@ class LossWeights:
         return self.l_intra > 0 or self.l_inter > 0 or self.l_sup > 0
 
 
-def bce_terms(out: dict[str, torch.Tensor], labels: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
-    """Mean BCE of the three classifiers over labelled rows (0, attached to the graph, when none is
-    labelled)."""
+HEADS = ("logits", "logits_sar", "logits_optical")
+
+
+def bce_terms(out: dict[str, torch.Tensor], labels: torch.Tensor, labelled: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean BCE of the three classifiers (fused, SAR-only, optical-only) over labelled rows (all rows when
+    ``labelled`` is None); 0, attached to the graph, when none is labelled."""
+    if labelled is None:
+        return torch.stack([F.binary_cross_entropy_with_logits(out[k].float(), labels) for k in HEADS]).mean()
     if not bool(labelled.any()):
-        return sum(out[k].sum() for k in ("logits", "logits_sar", "logits_optical")) * 0.0
+        return torch.stack([out[k].sum() for k in HEADS]).sum() * 0.0
     y = labels[labelled]
-    return (
-        sum(
-            F.binary_cross_entropy_with_logits(out[k][labelled].float(), y)
-            for k in ("logits", "logits_sar", "logits_optical")
-        )
-        / 3.0
-    )
+    return torch.stack(
+        [F.binary_cross_entropy_with_logits(out[k][labelled].float(), y) for k in HEADS]
+    ).mean()
 
 
 def mosaic_loss(
@@ -84,8 +85,8 @@ def mosaic_loss(
     """
     tau = w.temperature
     # Zero attached to every output, so DDP sees all parameters used even when some terms are switched off.
-    zero = sum(t.sum() for t in v1.values()) * 0.0
-    total, terms = zero, {}
+    total = torch.stack([t.sum() for t in v1.values()]).sum() * 0.0
+    terms: dict[str, float] = {}
     need_emb = w.contrastive
     if need_emb:
         s1, s2 = gather_with_grad(v1["emb_sar"]), gather_with_grad(v2["emb_sar"])

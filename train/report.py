@@ -50,7 +50,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path) -> Path:
-    """Loss terms per pre-training epoch and the phase-2 head loss, as a PNG (matplotlib, Agg backend)."""
+    """Loss terms per pre-training epoch, the phase-2 head loss and the phase-3 fine-tune loss, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -73,6 +73,13 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> Path:
         if "val_macro_map" in head[-1]:
             title += f"\nval macro mAP {head[-1]['val_macro_map']:.3f}"
         axes[1].set(title=title, xlabel="head epoch", ylabel="BCE")
+    ft = [r for r in records if r.get("phase") == "finetune"]
+    if ft:  # phase 3 on a twin x axis: its epochs are full passes through the encoders, not head epochs
+        hist = ft[-1].get("history", [])
+        twin = axes[1].twiny()
+        twin.plot(range(1, len(hist) + 1), hist, color="tab:red", label="fine-tune (end to end)")
+        twin.set_xlabel("fine-tune epoch", color="tab:red")
+        twin.legend(fontsize=8, title=f"val macro mAP {ft[-1].get('val_macro_map', float('nan')):.3f}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -32,6 +32,14 @@ def train_cmd(
     head_epochs: int = typer.Option(
         _D.head_epochs, "--head-epochs", help="Epochs of the multi-label heads on frozen features."
     ),
+    finetune_epochs: int = typer.Option(
+        _D.finetune_epochs,
+        "--finetune-epochs",
+        help="Epochs of end-to-end BCE fine-tuning after the head fit (0: frozen encoders).",
+    ),
+    finetune_lr: float = typer.Option(
+        _D.finetune_lr, "--finetune-lr", help="Peak fine-tuning learning rate."
+    ),
     batch_size: int = typer.Option(
         _D.batch_size, "--batch-size", help="Global batch size (split over torchrun ranks)."
     ),
@@ -75,6 +83,8 @@ def train_cmd(
             arch=arch,
             epochs=epochs,
             head_epochs=head_epochs,
+            finetune_epochs=finetune_epochs,
+            finetune_lr=finetune_lr,
             batch_size=batch_size,
             lr=lr,
             temperature=temperature,

@@ -30,6 +30,7 @@ TINY = dict(
     crop_size=16,
     batch_size=16,
     head_epochs=10,
+    finetune_epochs=1,
     device="cpu",
     log_every=100,
 )
@@ -62,6 +63,8 @@ def test_train_then_evaluate_cli(tmp_path: Path) -> None:
         "1",
         "--head-epochs",
         "10",
+        "--finetune-epochs",
+        "2",
         "--n-train",
         "48",
         "--n-val",
@@ -91,7 +94,7 @@ def test_train_then_evaluate_cli(tmp_path: Path) -> None:
     raw = torch.load(out / "model.pt", weights_only=True)
     assert Contract.from_json(raw["contract"]) == contract
     phases = [json.loads(line)["phase"] for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert phases == ["pretrain", "head", "test"]
+    assert phases == ["pretrain", "head", "finetune", "test"]
 
     res = runner.invoke(app, ["evaluate", str(out / "model.pt"), "--split", "test", "--json"])
     assert res.exit_code == 0, res.output
