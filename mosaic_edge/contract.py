@@ -201,7 +201,7 @@ class Contract:
             a, b = getattr(self, name), getattr(other, name)
             if a != b:
                 if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
-                    idx = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
+                    idx = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
                     out.append(f"{name} differs at positions {idx[:5]}: {[a[i] for i in idx[:3]]} vs "
                                f"{[b[i] for i in idx[:3]]}")
                 else:

@@ -1,7 +1,8 @@
 """Drop BigEarthNet v2 patches (official layout) into a spool's ``incoming/`` as tiles, as a field writer would.
 
 Each pair becomes ``incoming/<patch_id>/{S1,S2}/`` holding its per-band GeoTIFFs, written under a dot-name and
-renamed into place, then marked ready with ``incoming/<patch_id>.ready`` (the convention in README.md, "Spool convention").
+renamed into place, then marked ready with ``incoming/<patch_id>.ready``
+(the convention in README.md, "Spool convention").
 
     python scripts/benv2_to_spool.py tests/data/benv2-mini runs/demo/spool [--split test] [--limit N]
 """

@@ -34,7 +34,9 @@ def band_stats(source: PatchSource, indices: Iterable[int], patch_size: int) -> 
     for i in indices:
         raw = source.read(int(i))
         for name, bands, data in (("sar", S1_BANDS, raw.sar), ("optical", S2_BANDS, raw.optical)):
-            x = np.stack([resize_bilinear(np.asarray(data[b]), (patch_size, patch_size)) for b in bands]).astype(np.float64).reshape(len(bands), -1)
+            grid = (patch_size, patch_size)
+            x = np.stack([resize_bilinear(np.asarray(data[b]), grid) for b in bands]).astype(np.float64)
+            x = x.reshape(len(bands), -1)
             ok = np.isfinite(x)
             x = np.where(ok, x, 0.0)
             acc[name] += np.stack([ok.sum(1), x.sum(1), (x * x).sum(1)])
