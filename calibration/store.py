@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mosaic_edge.contract import Contract
-from mosaic_edge.errors import DataError
+from mosaic_edge.errors import ContractMismatchError, DataError
 
 
 def validate_calibration_set(
@@ -24,30 +24,14 @@ def validate_calibration_set(
     Raises:
         DataError: naming every problem.
     """
-    problems = []
-    keys, want = sorted(data), sorted(contract.input_names)
-    if keys != want:
-        problems.append(f"has arrays {keys}, the contract's inputs are {want}")
-    sizes = set()
-    for name, shape in contract.input_shapes().items():
-        if name not in data:
-            continue
-        arr = data[name]
-        if arr.dtype != np.float32:
-            problems.append(f"{name} has dtype {arr.dtype}, expected float32")
-        if arr.ndim != 4 or tuple(arr.shape[1:]) != tuple(shape[1:]):
-            problems.append(f"{name} has shape {tuple(arr.shape)}, expected {shape}")
-            continue
-        if arr.shape[0] == 0:
-            problems.append(f"{name} is empty")
-        elif arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            problems.append(f"{name} holds non-finite values")
-        sizes.add(int(arr.shape[0]))
-    if len(sizes) > 1:
-        problems.append(f"inputs disagree on the number of samples {sorted(sizes)}")
-    if problems:
-        raise DataError(f"{what}: " + "; ".join(problems))
-    return sizes.pop()
+    try:
+        n = contract.validate_batch(data)  # names, float32 dtype, [N, C, P, P] shapes, one N
+    except ContractMismatchError as exc:
+        raise DataError(f"{what}: {exc}") from exc
+    bad = [name for name in contract.input_names if not np.isfinite(data[name]).all()]
+    if bad:
+        raise DataError(f"{what}: {', '.join(bad)} hold(s) non-finite values")
+    return n
 
 
 def save_calibration_set(path: str | Path, data: Mapping[str, np.ndarray], contract: Contract) -> Path:

@@ -168,6 +168,8 @@ class Contract:
             problems.append(f"missing inputs {missing}")
         if extra:
             problems.append(f"unexpected inputs {extra}")
+        if missing or extra:
+            problems.append(f"has arrays {sorted(batch)}, the contract's inputs are {sorted(self.input_names)}")
         sizes = set()
         for name, want in self.input_shapes().items():
             if name not in batch:
