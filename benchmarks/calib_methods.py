@@ -32,12 +32,12 @@ def main() -> None:
     args = ap.parse_args()
 
     import onnxruntime as ort
+
     from mosaic_edge.calibration import sample_calibration_set
     from mosaic_edge.calibration.quantize import CalibConfig, calibrate, quantize_qdq
-    from mosaic_edge.export.onnx_export import export_onnx
-
     from mosaic_edge.data.base import PatchDataset
     from mosaic_edge.data.sources import contract_for, open_source
+    from mosaic_edge.export.onnx_export import export_onnx
 
     if args.checkpoint:
         from mosaic_edge.train.checkpoint import load_checkpoint
@@ -45,6 +45,7 @@ def main() -> None:
         model, contract = load_checkpoint(args.checkpoint)
     else:
         import torch
+
         from mosaic_edge.train.models import build_model
 
         torch.manual_seed(0)

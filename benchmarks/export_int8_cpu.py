@@ -119,9 +119,8 @@ def main() -> None:
     ap.add_argument("--append", action="store_true", help="Add to the RESULTS.md section, do not replace it.")
     args = ap.parse_args()
     if not args.reuse:
-        from mosaic_edge.export.pipeline import ExportConfig, run_export
-
         from mosaic_edge.errors import UserError
+        from mosaic_edge.export.pipeline import ExportConfig, run_export
 
         cfg = ExportConfig(int8=True, calib_method=args.calib_method, calib_size=args.calib_size,
                            eval_data=tuple(args.eval_data), max_map_drop_pts=args.max_map_drop,

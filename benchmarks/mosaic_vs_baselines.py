@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+
 from mosaic_edge.train.checkpoint import load_checkpoint
 from mosaic_edge.train.config import TrainConfig
 from mosaic_edge.train.evaluate import linear_probe

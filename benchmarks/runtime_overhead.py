@@ -36,11 +36,11 @@ import numpy as np
 def demo_export(out: Path, arch: str, patch: int = 120) -> Path:
     """Export ``build_model(arch)`` (random weights) to ``out/model.onnx`` with a manifest; return ``out``."""
     import torch
-    from mosaic_edge.export.onnx_export import export_onnx
-    from mosaic_edge.train.models import build_model
 
     from mosaic_edge.contract import Contract
+    from mosaic_edge.export.onnx_export import export_onnx
     from mosaic_edge.manifest import Manifest
+    from mosaic_edge.train.models import build_model
 
     torch.manual_seed(0)
     contract = Contract(patch_size=patch, model_name=arch)

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mosaic_edge.calibration.placement import placement_for
 
+from mosaic_edge.calibration.placement import placement_for
 from mosaic_edge.errors import UserError
 from mosaic_edge.optional import available, require
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mosaic_edge.edge_runtime import pipeline
 from mosaic_edge.edge_runtime.commit import Committer
 from mosaic_edge.edge_runtime.logs import get_logger
@@ -32,7 +33,6 @@ from mosaic_edge.edge_runtime.metrics_http import Metrics, MetricsServer
 from mosaic_edge.edge_runtime.runner import Runner
 from mosaic_edge.edge_runtime.spool import Candidate, IncomingWatcher, Spool, valid_tile_id
 from mosaic_edge.edge_runtime.tiles import MissingPartnerError, TileLimits, fingerprint
-
 from mosaic_edge.errors import DataError, UserError
 
 log = get_logger()

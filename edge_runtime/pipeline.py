@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mosaic_edge.edge_runtime import patching, postprocess
-from mosaic_edge.edge_runtime.runner import Runner, run_batched
-from mosaic_edge.edge_runtime.tiles import TileLimits, fingerprint, prepare_tile, read_tile
 
 from mosaic_edge.contract import Contract
 from mosaic_edge.data.tiff import GeoInfo
+from mosaic_edge.edge_runtime import patching, postprocess
+from mosaic_edge.edge_runtime.runner import Runner, run_batched
+from mosaic_edge.edge_runtime.tiles import TileLimits, fingerprint, prepare_tile, read_tile
 from mosaic_edge.errors import DataError
 
 

@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from mosaic_edge.edge_runtime.patching import Window
 
 from mosaic_edge.contract import Contract
 from mosaic_edge.data.tiff import GeoInfo
+from mosaic_edge.edge_runtime.patching import Window
 
 # head name in records -> contract output holding its logits
 HEAD_OUTPUTS = {"fused": "logits", "sar": "logits_sar"}

@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mosaic_edge.contract import Contract, sha256_file
 from mosaic_edge.edge_runtime.cuda_adapter import CudaAdapter, open_cuda_adapter
 from mosaic_edge.edge_runtime.engine_cache import CacheResult, EngineCache, EngineKey, EngineLoadError
 from mosaic_edge.edge_runtime.runner import Runner, _resolve
-
-from mosaic_edge.contract import Contract, sha256_file
 from mosaic_edge.errors import ContractMismatchError, UserError
 from mosaic_edge.optional import require
 

@@ -40,12 +40,12 @@ def _skip(reason: str) -> list[dict[str, Any]]:
 def _export(tmp: Path) -> tuple[Any, Any, Path]:
     """(model on CPU, contract, export dir) through the train checkpoint and the export stage."""
     import torch
-    from mosaic_edge.export.onnx_export import export_onnx
-    from mosaic_edge.train.checkpoint import load_checkpoint, save_checkpoint
-    from mosaic_edge.train.models import build_model
 
     from mosaic_edge.contract import Contract
+    from mosaic_edge.export.onnx_export import export_onnx
     from mosaic_edge.manifest import Manifest
+    from mosaic_edge.train.checkpoint import load_checkpoint, save_checkpoint
+    from mosaic_edge.train.models import build_model
 
     torch.manual_seed(0)
     ckpt = tmp / "model.pt"
@@ -60,6 +60,7 @@ def _export(tmp: Path) -> tuple[Any, Any, Path]:
 def _graph_profile(model: Any, contract: Any, precision: str, batch: int) -> dict[str, Any]:
     """CUDA-graph replay of one (precision, batch): per-stage device ms and pipelined tiles/s."""
     import torch
+
     from mosaic_edge.edge_runtime.profiling import StageClock
 
     dev = torch.device("cuda")
@@ -138,6 +139,7 @@ def run() -> list[dict[str, Any]]:
     if not torch.cuda.is_available():
         return _skip("no CUDA device")
     import numpy as np
+
     from mosaic_edge.edge_runtime.profiling import ProfileConfig, profile_to_dir
 
     results: list[dict[str, Any]] = []

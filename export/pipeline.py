@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mosaic_edge.contract import Contract
+from mosaic_edge.errors import UserError
 from mosaic_edge.export import parity as par
 from mosaic_edge.export.fp16 import convert_fp16
 from mosaic_edge.export.onnx_export import DEFAULT_OPSET, export_onnx, io_signature
@@ -32,9 +34,6 @@ from mosaic_edge.export.report import (
     check_gate,
     write_report,
 )
-
-from mosaic_edge.contract import Contract
-from mosaic_edge.errors import UserError
 from mosaic_edge.manifest import MANIFEST_NAME, Manifest
 
 FP32, FP16, INT8_TRT, INT8_CPU = "model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx"

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from mosaic_edge.export.parity import decisions, sigmoid
 
 from mosaic_edge.contract import Contract
 from mosaic_edge.errors import UserError
+from mosaic_edge.export.parity import decisions, sigmoid
 
 REPORT_SCHEMA = 1
 # The bound: one percentage point of macro mAP. Configurable (--max-map-drop), recorded in the report.

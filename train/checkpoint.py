@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from mosaic_edge.train.models import MosaicModel, build_model
 
 from mosaic_edge.contract import Contract
 from mosaic_edge.errors import DataError
+from mosaic_edge.train.models import MosaicModel, build_model
 
 FORMAT = "mosaic-edge-checkpoint"
 SCHEMA = 1

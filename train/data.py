@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from mosaic_edge.train.config import TrainConfig
 
 from mosaic_edge.contract import Contract
 from mosaic_edge.data.base import PatchDataset, PatchSource
+from mosaic_edge.train.config import TrainConfig
 
 
 def synthetic_config(cfg: TrainConfig) -> Any:

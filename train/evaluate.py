@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from mosaic_edge.contract import Contract
+from mosaic_edge.metrics import average_precision, f1_scores, mean_average_precision, silhouette_score
 from mosaic_edge.train.config import TrainConfig
 from mosaic_edge.train.data import epoch_batches, load_split
 from mosaic_edge.train.models import MosaicModel
 from mosaic_edge.train.probe import extract
-
-from mosaic_edge.contract import Contract
-from mosaic_edge.metrics import average_precision, f1_scores, mean_average_precision, silhouette_score
 
 
 def predict_split(

@@ -25,12 +25,12 @@ from contextlib import nullcontext
 from typing import Any
 
 import torch
+
+from mosaic_edge.contract import Contract
 from mosaic_edge.train.augment import AugmentConfig, augment_pair
 from mosaic_edge.train.data import epoch_batches
 from mosaic_edge.train.models import MosaicModel
 from mosaic_edge.train.objective import bce_terms
-
-from mosaic_edge.contract import Contract
 
 # Geometry only: the photometric augmentations (speckle, gain, clouds) and crops serve the contrastive views;
 # for the classifier they only add label noise (a crop can drop a 3 %-area class that is still labelled).

@@ -15,11 +15,11 @@ import time
 from typing import Any
 
 import torch
+
+from mosaic_edge.contract import Contract
 from mosaic_edge.train.augment import AugmentConfig, augment_pair
 from mosaic_edge.train.models import build_model
 from mosaic_edge.train.objective import LossWeights, mosaic_loss
-
-from mosaic_edge.contract import Contract
 
 # (arch, patch, batch, steps): the default CPU model and the full-size encoders at BigEarthNet resolution.
 CASES: tuple[tuple[str, int, int, int], ...] = (

@@ -31,6 +31,9 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from mosaic_edge.errors import UserError
 from mosaic_edge.train.augment import AugmentConfig, augment_pair
 from mosaic_edge.train.checkpoint import save_checkpoint
 from mosaic_edge.train.config import TrainConfig
@@ -41,9 +44,6 @@ from mosaic_edge.train.finetune import finetune
 from mosaic_edge.train.models import MosaicModel, build_model
 from mosaic_edge.train.objective import LossWeights, mosaic_loss
 from mosaic_edge.train.report import Progress, append_jsonl, plot_curves
-from torch.nn.parallel import DistributedDataParallel
-
-from mosaic_edge.errors import UserError
 
 # Fields that may change between an interrupted run and its resumption without changing the result.
 _RESUME_FREE = ("out", "log_every", "num_workers", "device", "cache_gb")

@@ -21,10 +21,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from mosaic_edge.train.encoders import create_encoder, list_encoders
 from torch import nn
 
 from mosaic_edge.contract import OUTPUT_NAMES
+from mosaic_edge.train.encoders import create_encoder, list_encoders
 
 ARCHS = tuple(list_encoders())
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from mosaic_edge.train.distributed import gather_no_grad, gather_with_grad
 from mosaic_edge.train.loss_infonce import symmetric_infonce
 from mosaic_edge.train.loss_mlsupcon import multilabel_supcon

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from mosaic_edge.train.models import MosaicModel
 
 FEATURE_KEYS = ("f_sar", "f_optical")

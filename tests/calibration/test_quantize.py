@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from mosaic_edge.calibration.quantize import (
     CalibConfig,
     calibrate,
@@ -14,7 +15,6 @@ from mosaic_edge.calibration.quantize import (
     qdq_params,
     quantize_qdq,
 )
-
 from mosaic_edge.errors import UserError
 
 # 512 bins keep ORT's pure-Python KL search fast; still 193 candidate thresholds, so it is a real search.

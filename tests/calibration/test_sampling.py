@@ -7,12 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+
 from mosaic_edge.calibration.sampling import (
     SamplingConfig,
     sample_calibration_set,
     select_calibration_indices,
 )
-
 from mosaic_edge.contract import BENV2_CLASSES, S2_BANDS, Contract
 from mosaic_edge.data.base import PatchDataset, RawPatch
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mosaic_edge.calibration.store import load_calibration_set, save_calibration_set
 
+from mosaic_edge.calibration.store import load_calibration_set, save_calibration_set
 from mosaic_edge.contract import Contract
 from mosaic_edge.errors import DataError
 

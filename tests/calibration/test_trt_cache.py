@@ -6,6 +6,7 @@ import struct
 from pathlib import Path
 
 import pytest
+
 from mosaic_edge.calibration.trt_cache import (
     format_calib_cache,
     hex_to_scale,
@@ -15,7 +16,6 @@ from mosaic_edge.calibration.trt_cache import (
     trt_version_int,
     write_calib_cache,
 )
-
 from mosaic_edge.errors import DataError, UserError
 
 

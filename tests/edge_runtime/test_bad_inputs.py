@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+
 from mosaic_edge.edge_runtime import tiles as tiles_mod
 from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
 from mosaic_edge.edge_runtime.runner import open_runner

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
-from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner, Runner
-from mosaic_edge.edge_runtime.spool import atomic_write
 from scipy.special import expit
 
 from mosaic_edge.data.benv2 import BigEarthNetV2
 from mosaic_edge.data.preprocess import preprocess
+from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
+from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner, Runner
+from mosaic_edge.edge_runtime.spool import atomic_write
 
 from .conftest import (
     copy_benv2_tile,

@@ -9,6 +9,7 @@ import threading
 import time
 
 import pytest
+
 from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
 from mosaic_edge.edge_runtime.runner import open_runner
 

@@ -8,8 +8,8 @@ import sys
 
 import numpy as np
 import pytest
-from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner, open_runner, run_batched, select_artefact
 
+from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner, open_runner, run_batched, select_artefact
 from mosaic_edge.errors import ContractMismatchError, UserError
 from mosaic_edge.manifest import Manifest
 

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 
 import pytest
+
 from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
 from mosaic_edge.edge_runtime.metrics_http import Metrics, MetricsServer
 from mosaic_edge.edge_runtime.runner import open_runner
@@ -153,7 +154,6 @@ def test_daemon_writes_nothing_outside_its_spool(tmp_path, tiny_onnx):
 @pytest.mark.parametrize("name", ["../escape", "a/../../b", "/etc/x"])
 def test_spool_refuses_paths_outside(tmp_path, name):
     from mosaic_edge.edge_runtime.spool import Spool
-
     from mosaic_edge.errors import UserError
 
     spool = Spool(tmp_path / "s")

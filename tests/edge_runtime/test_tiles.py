@@ -7,6 +7,9 @@ import shutil
 
 import numpy as np
 import pytest
+from scipy.special import expit
+
+from mosaic_edge.data.preprocess import preprocess
 from mosaic_edge.edge_runtime import patching, postprocess
 from mosaic_edge.edge_runtime.tiles import (
     MissingPartnerError,
@@ -15,9 +18,6 @@ from mosaic_edge.edge_runtime.tiles import (
     prepare_tile,
     read_tile,
 )
-from scipy.special import expit
-
-from mosaic_edge.data.preprocess import preprocess
 from mosaic_edge.errors import DataError
 
 from .conftest import copy_benv2_tile, raw_tile, write_geotiff_tile, write_npz_tile

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from mosaic_edge.edge_runtime.engine_cache import EngineCache, EngineKey, EngineLoadError
 
+from mosaic_edge.edge_runtime.engine_cache import EngineCache, EngineKey, EngineLoadError
 from mosaic_edge.errors import UserError
 
 PROFILE = {

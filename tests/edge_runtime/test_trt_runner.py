@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mosaic_edge.edge_runtime import trt_runner
 
 from mosaic_edge.contract import Contract
+from mosaic_edge.edge_runtime import trt_runner
 from mosaic_edge.errors import ContractMismatchError, OptionalDependencyError
 
 _spec = importlib.util.spec_from_file_location(
@@ -147,7 +147,6 @@ def test_trt_modules_never_import_torch() -> None:
 
 def test_gpu_check_skips_cleanly_without_cuda() -> None:
     from mosaic_edge.edge_runtime import gpu_check
-
     from mosaic_edge.optional import available
 
     if available("cuda.bindings.runtime") or available("cuda.cudart"):

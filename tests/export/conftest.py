@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mosaic_edge.export.parity import Samples, collect_samples
 
 from mosaic_edge.contract import Contract
 from mosaic_edge.data.synthetic import SyntheticConfig, SyntheticMosaic
+from mosaic_edge.export.parity import Samples, collect_samples
 
 # Synthetic data is in BigEarthNet v2 raw units, so the published benv2 statistics normalise it well enough
 # and the contract needs no statistics pass. 24 px patches (the model is fully convolutional) keep data

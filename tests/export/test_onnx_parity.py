@@ -10,6 +10,8 @@ import pytest
 pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
+from mosaic_edge.contract import Contract  # noqa: E402
+from mosaic_edge.errors import UserError  # noqa: E402
 from mosaic_edge.export.fp16 import convert_fp16  # noqa: E402
 from mosaic_edge.export.onnx_export import CONTRACT_METADATA_KEY, export_onnx, io_signature, read_contract  # noqa: E402
 from mosaic_edge.export.parity import (  # noqa: E402
@@ -23,9 +25,6 @@ from mosaic_edge.export.parity import (  # noqa: E402
     run_torch,
 )
 from mosaic_edge.train.checkpoint import load_checkpoint  # noqa: E402
-
-from mosaic_edge.contract import Contract  # noqa: E402
-from mosaic_edge.errors import UserError  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
+
+from mosaic_edge.errors import OptionalDependencyError, UserError
 from mosaic_edge.export.trt import (
     BatchRange,
     EngineManifest,
@@ -21,9 +24,6 @@ from mosaic_edge.export.trt import (
     manifest_path,
     profile_shapes,
 )
-from packaging.version import Version
-
-from mosaic_edge.errors import OptionalDependencyError, UserError
 
 _spec = importlib.util.spec_from_file_location("fake_trt", Path(__file__).with_name("fake_trt.py"))
 fake_trt = importlib.util.module_from_spec(_spec)

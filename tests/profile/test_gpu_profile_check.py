@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+
 from mosaic_edge.export import gpu_profile_check
 
 RUNTIME = Path(__file__).resolve().parents[2] / "edge_runtime"

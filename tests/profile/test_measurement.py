@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+
 from mosaic_edge.edge_runtime.profiling import (
     STAGES,
     Pipeline,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from mosaic_edge.edge_runtime.power import (
     PowerSummary,
     cpu_info,

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from mosaic_edge.cli import main
 from mosaic_edge.edge_runtime.profile_report import (
     CONFIG_KEYS,
     STAT_KEYS,
@@ -19,8 +21,6 @@ from mosaic_edge.edge_runtime.profile_report import (
     validate_profile,
 )
 from mosaic_edge.edge_runtime.profiling import STAGES
-
-from mosaic_edge.cli import main
 
 
 def _report(export: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from mosaic_edge.train.config import TrainConfig
 from mosaic_edge.train.data import contract_for_config, load_split
 from mosaic_edge.train.evaluate import linear_probe

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from mosaic_edge.train.loss_infonce import InterModalInfoNCE, symmetric_infonce
 from mosaic_edge.train.loss_mlsupcon import MultiLabelSupConLoss, jaccard_matrix, multilabel_supcon
 from mosaic_edge.train.loss_ntxent import NTXentLoss, nt_xent

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from mosaic_edge.contract import OUTPUT_NAMES, Contract
+from mosaic_edge.errors import DataError
 from mosaic_edge.train.augment import AugmentConfig, augment_pair
 from mosaic_edge.train.checkpoint import load_checkpoint, save_checkpoint, state_dict_hash
 from mosaic_edge.train.encoders import create_encoder, list_encoders
 from mosaic_edge.train.models import build_model
 from mosaic_edge.train.probe import tune_thresholds
-
-from mosaic_edge.contract import OUTPUT_NAMES, Contract
-from mosaic_edge.errors import DataError
 
 
 def test_registry_lists_required_archs() -> None:

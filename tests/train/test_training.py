@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from mosaic_edge.train.config import TrainConfig
-from mosaic_edge.train.loop import lr_at, train
 from typer.testing import CliRunner
 
 from mosaic_edge.cli import app
 from mosaic_edge.contract import Contract
 from mosaic_edge.errors import UserError
+from mosaic_edge.train.config import TrainConfig
+from mosaic_edge.train.loop import lr_at, train
 
 TINY = dict(
     arch="tiny",
