@@ -27,18 +27,17 @@ from pathlib import Path
 
 import numpy as np
 
+from mosaic_edge.tile_format import write_tile
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def write_tiles(incoming: Path, n: int, patch: int, seed: int = 0) -> None:
-    """``n`` single-patch ``.npz`` tiles, written under a dot-name and renamed in (the writer convention)."""
-    incoming.mkdir(parents=True, exist_ok=True)
+    """``n`` single-patch ``.npz`` tiles (``write_tile`` writes under a dot-name and renames in)."""
     rng = np.random.default_rng(seed)
     for i in range(n):
-        tmp = incoming / f".w{i:05d}.npz"
-        np.savez(tmp, sar=rng.normal(-15, 4, (2, patch, patch)).astype(np.float32),
-                 optical=rng.uniform(100, 4000, (12, patch, patch)).astype(np.uint16))
-        tmp.rename(incoming / f"k{i:05d}.npz")
+        write_tile(incoming / f"k{i:05d}.npz", rng.normal(-15, 4, (2, patch, patch)).astype(np.float32),
+                   rng.uniform(100, 4000, (12, patch, patch)).astype(np.uint16))
 
 
 def serve_cmd(model: Path, spool: Path) -> list[str]:

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mosaic_edge.tile_format import write_tile
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -82,10 +84,8 @@ def soak(model: Path, spool: Path, tiles: int, backlog: int, sample_s: float, wa
                 raise RuntimeError(f"daemon exited with {proc.returncode}")
             waiting = sum(1 for n in os.listdir(inc) if not n.startswith("."))
             while written < tiles and waiting < backlog:
-                tmp = inc / f".w{written}.npz"
-                np.savez(tmp, sar=rng.normal(-15, 4, (2, patch, patch)).astype(np.float32),
-                         optical=rng.uniform(100, 4000, (12, patch, patch)).astype(np.uint16))
-                tmp.rename(inc / f"s{written:06d}.npz")
+                write_tile(inc / f"s{written:06d}.npz", rng.normal(-15, 4, (2, patch, patch)).astype(np.float32),
+                           rng.uniform(100, 4000, (12, patch, patch)).astype(np.uint16))
                 written += 1
                 waiting += 1
             for name in os.listdir(done):  # the downstream consumer takes finished tiles away

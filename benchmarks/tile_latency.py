@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mosaic_edge.tile_format import write_tile
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from runtime_overhead import resolve_model  # noqa: E402 - sibling script, not a package
 
@@ -39,7 +41,7 @@ def drop_tiles(incoming: Path, results: Path, patch: int, n: int, warmup: int, l
             name = f"lat-{i:05d}"
             sar = rng.normal(-15.0, 5.0, size=(2, patch, patch)).astype(np.float32)
             optical = rng.integers(1, 5000, size=(12, patch, patch), dtype=np.uint16)
-            np.savez(incoming / f"{name}.npz", sar=sar, optical=optical)
+            write_tile(incoming / f"{name}.npz", sar, optical)
             (incoming / f"{name}.npz.ready").touch()
             t0 = time.perf_counter()
             result = results / f"{name}.jsonl"

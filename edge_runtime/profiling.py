@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from mosaic_edge.tile_format import write_tile
+
 STAGES: tuple[str, ...] = ("read", "preprocess", "h2d", "inference", "d2h", "postprocess", "write")
 PERCENTILES: tuple[int, ...] = (50, 90, 99)
 # Keys a runner may put in ``last_timings`` after ``infer`` (milliseconds of that call).
@@ -322,7 +324,7 @@ def write_synthetic_tiles(folder: Path, patch: int, n: int, seed: int = 0) -> li
         path = folder / f"synthetic-{i:04d}.npz"
         sar = rng.normal(-15.0, 5.0, size=(2, patch, patch)).astype(np.float32)
         optical = rng.integers(1, 5000, size=(12, patch, patch), dtype=np.uint16)
-        np.savez(path, sar=sar, optical=optical)
+        write_tile(path, sar, optical)
         paths.append(path)
     return paths
 

@@ -32,8 +32,7 @@ from mosaic_edge.contract import Contract
 from mosaic_edge.data.preprocess import preprocess, stack_bands
 from mosaic_edge.data.tiff import GeoInfo, read_tiff
 from mosaic_edge.errors import DataError
-
-NPZ_KEYS = frozenset({"sar", "optical", "cloudy", "transform", "crs"})
+from mosaic_edge.tile_format import NPZ_KEYS
 
 
 class MissingPartnerError(DataError):

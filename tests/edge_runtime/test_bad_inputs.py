@@ -19,8 +19,7 @@ from mosaic_edge.edge_runtime import tiles as tiles_mod
 from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
 from mosaic_edge.edge_runtime.runner import open_runner
 from mosaic_edge.edge_runtime.spool import valid_tile_id
-
-from .conftest import raw_tile, read_results, write_geotiff_tile, write_npz_tile
+from tests.support.runtime import raw_tile, read_results, write_geotiff_tile, write_npz_tile
 
 
 def _truncate(path: Path, keep: float = 0.4) -> None:
@@ -182,7 +181,7 @@ def test_bad_tiles_fail_with_reasons_while_serving(tmp_path, tiny_onnx, monkeypa
 
 
 def test_resent_tile_is_a_duplicate(tmp_path, tiny_onnx):
-    from .conftest import serve_once
+    from tests.support.runtime import serve_once
 
     spool = tmp_path / "spool"
     write_npz_tile(spool / "incoming" / "t.npz", seed=1)
@@ -199,7 +198,7 @@ def test_resent_tile_is_a_duplicate(tmp_path, tiny_onnx):
 
 @pytest.mark.parametrize("sparse", [True])
 def test_sparse_nan_pixels_are_filled_not_failed(tmp_path, tiny_onnx, sparse):
-    from .conftest import serve_once
+    from tests.support.runtime import serve_once
 
     sar, opt = raw_tile(16, 16, 0)
     sar[0, 3, 4] = np.nan

@@ -3,23 +3,15 @@ times; every tile ends with exactly one result, none lost. Same harness as bench
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
+from benchmarks import crash_kill
 from mosaic_edge.edge_runtime.spool import atomic_write
-
-from .conftest import REPO_ROOT
-
-
-def _harness():
-    spec = importlib.util.spec_from_file_location("crash_kill", REPO_ROOT / "benchmarks" / "crash_kill.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from tests.support.runtime import serve_once, write_npz_tile
 
 
 def test_sigkill_restart_exactly_once(tmp_path, tiny_onnx):
-    report = _harness().run(tiny_onnx, tmp_path / "spool", tiles=200, kills=4, seed=1)
+    report = crash_kill.run(tiny_onnx, tmp_path / "spool", tiles=200, kills=4, seed=1)
     summary = {k: v for k, v in report.items() if k != "rounds"}
     assert report["kills"] >= 3, report["rounds"]
     assert report["ok"], json.dumps(summary)
@@ -28,8 +20,6 @@ def test_sigkill_restart_exactly_once(tmp_path, tiny_onnx):
 
 def test_restart_moves_committed_input_without_recomputing(tmp_path, tiny_onnx):
     """The crash window between the results rename and the input move: restart only moves the input."""
-    from .conftest import serve_once, write_npz_tile
-
     spool = tmp_path / "spool"
     tile = write_npz_tile(spool / "incoming" / "w.npz", seed=5)
     serve_once(tiny_onnx, spool)

@@ -21,8 +21,7 @@ from mosaic_edge.data.preprocess import preprocess
 from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
 from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner, Runner
 from mosaic_edge.edge_runtime.spool import atomic_write
-
-from .conftest import (
+from tests.support.runtime import (
     copy_benv2_tile,
     raw_tile,
     read_results,

@@ -12,8 +12,7 @@ import pytest
 
 from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
 from mosaic_edge.edge_runtime.runner import open_runner
-
-from .conftest import read_results, write_npz_tile
+from tests.support.runtime import read_results, write_npz_tile
 
 
 @pytest.fixture()

@@ -8,8 +8,7 @@ from pathlib import Path
 from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
 from mosaic_edge.edge_runtime.engine_cache import EngineCache, EngineKey, EngineLoadError
 from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner, Runner
-
-from .conftest import read_results, write_npz_tile
+from tests.support.runtime import read_results, write_npz_tile
 
 MAGIC = b"FAKE-ENGINE\n"
 

@@ -15,8 +15,7 @@ import pytest
 from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
 from mosaic_edge.edge_runtime.metrics_http import Metrics, MetricsServer
 from mosaic_edge.edge_runtime.runner import open_runner
-
-from .conftest import REPO_ROOT, serve_once, write_npz_tile
+from tests.support.runtime import REPO_ROOT, serve_once, write_npz_tile
 
 PACKAGE_DIRS = ("mosaic_edge", "train", "export", "calibration", "edge_runtime")
 

@@ -19,8 +19,7 @@ from mosaic_edge.edge_runtime.tiles import (
     read_tile,
 )
 from mosaic_edge.errors import DataError
-
-from .conftest import copy_benv2_tile, raw_tile, write_geotiff_tile, write_npz_tile
+from tests.support.runtime import copy_benv2_tile, raw_tile, write_geotiff_tile, write_npz_tile
 
 
 def test_npz_tile_matches_shared_preprocessing(tmp_path, contract):

@@ -1,13 +1,12 @@
 """TensorRT runner: name-based I/O, pinned buffers for the max batch, CUDA graphs, engine cache integration.
 
-Runs against call-recording stand-ins of tensorrt and the CUDA adapter (tests/export/fake_trt.py), so the
+Runs against call-recording stand-ins of tensorrt and the CUDA adapter (tests/support/fake_trt.py), so the
 buffer/shape logic is tested here; the test with real TensorRT is marked ``trt``, the cuda-python adapter
 tests ``gpu``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +17,7 @@ import pytest
 from mosaic_edge.contract import Contract
 from mosaic_edge.edge_runtime import trt_runner
 from mosaic_edge.errors import ContractMismatchError, OptionalDependencyError
-
-_spec = importlib.util.spec_from_file_location(
-    "fake_trt", Path(__file__).resolve().parents[1] / "export" / "fake_trt.py"
-)
-fake_trt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake_trt)
+from tests.support import fake_trt
 
 P = 8
 
@@ -172,13 +166,10 @@ def test_real_tensorrt_builds_and_runs_a_qdq_model(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     from mosaic_edge.calibration.quantize import quantize_qdq
     from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner
+    from tests.support.runtime import tiny_contract, write_tiny_onnx
 
-    conftest = Path(__file__).with_name("conftest.py")
-    spec = importlib.util.spec_from_file_location("rt_conftest", conftest)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    contract = mod.tiny_contract()
-    fp32 = mod.write_tiny_onnx(tmp_path / "model.onnx", contract)
+    contract = tiny_contract()
+    fp32 = write_tiny_onnx(tmp_path / "model.onnx", contract)
     rng = np.random.default_rng(0)
     p = contract.patch_size
     calib = {

@@ -6,7 +6,6 @@ per-node parser errors, workspace limit, timing cache round trip, the manifest, 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -24,10 +23,7 @@ from mosaic_edge.export.trt import (
     manifest_path,
     profile_shapes,
 )
-
-_spec = importlib.util.spec_from_file_location("fake_trt", Path(__file__).with_name("fake_trt.py"))
-fake_trt = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fake_trt)
+from tests.support import fake_trt
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Only the API surface our builder and runner use is implemented, with the names of TensorRT's Python API, so a
 misspelt or removed call fails here. ``make_trt("11.0.0")`` drops the weak-typing APIs TensorRT 11 removed.
-Loaded by path (``importlib``) from tests/export and tests/edge_runtime.
+Imported as ``tests.support.fake_trt`` by the builder and runner tests.
 """
 
 from __future__ import annotations

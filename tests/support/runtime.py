@@ -1,0 +1,146 @@
+"""Runtime test helpers: a tiny ONNX model with the contract's I/O (onnx.helper), export directories, tiles.
+
+The model is real arithmetic (global average pool -> linear heads, fused = mean of the two heads,
+L2-normalised embeddings), so outputs depend on the inputs and runner/daemon results can be compared with a
+direct run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mosaic_edge.contract import Contract
+from mosaic_edge.tile_format import write_tile
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TINY_PATCH = 16
+EMBED = 8
+
+
+def tiny_contract(patch: int = TINY_PATCH) -> Contract:
+    return Contract(patch_size=patch, model_name="tiny-onnx-fixture",
+                    thresholds=tuple(0.3 + 0.02 * i for i in range(19)))
+
+
+def write_tiny_onnx(path: Path, contract: Contract, seed: int = 0) -> Path:
+    """Write a small ONNX model with the contract's inputs/outputs and its JSON in metadata_props."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    c = contract.num_classes
+    nodes, inits = [], []
+    outputs = {}
+    for name, chans in (("sar", len(contract.sar_bands)), ("optical", len(contract.optical_bands))):
+        w_emb = rng.normal(size=(chans, EMBED)).astype(np.float32)
+        w_cls = rng.normal(size=(EMBED, c)).astype(np.float32)
+        b_cls = rng.normal(scale=0.5, size=(c,)).astype(np.float32)
+        inits += [numpy_helper.from_array(w_emb, f"{name}_we"), numpy_helper.from_array(w_cls, f"{name}_wc"),
+                  numpy_helper.from_array(b_cls, f"{name}_bc")]
+        nodes += [
+            helper.make_node("GlobalAveragePool", [name], [f"{name}_gap"]),
+            helper.make_node("Flatten", [f"{name}_gap"], [f"{name}_flat"], axis=1),
+            helper.make_node("MatMul", [f"{name}_flat", f"{name}_we"], [f"{name}_e"]),
+            helper.make_node("Tanh", [f"{name}_e"], [f"{name}_t"]),
+            helper.make_node("ReduceL2", [f"{name}_t"], [f"{name}_n"], axes=[1], keepdims=1),
+            helper.make_node("Div", [f"{name}_t", f"{name}_n"], [f"emb_{name}"]),
+            helper.make_node("Gemm", [f"{name}_t", f"{name}_wc", f"{name}_bc"], [f"logits_{name}"]),
+        ]
+        outputs[name] = chans
+    inits.append(numpy_helper.from_array(np.array(0.5, np.float32), "half"))
+    nodes += [helper.make_node("Add", ["logits_sar", "logits_optical"], ["lsum"]),
+              helper.make_node("Mul", ["lsum", "half"], ["logits"])]
+    p = contract.patch_size
+    inputs = [helper.make_tensor_value_info("sar", TensorProto.FLOAT, ["N", len(contract.sar_bands), p, p]),
+              helper.make_tensor_value_info("optical", TensorProto.FLOAT,
+                                            ["N", len(contract.optical_bands), p, p])]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", c if n.startswith("logits") else EMBED])
+            for n in contract.output_names]
+    graph = helper.make_graph(nodes, "tiny", inputs, outs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    helper.set_model_props(model, {"mosaic_edge.contract": contract.to_json()})
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_tiny_export(out: Path, contract: Contract) -> Path:
+    """An export directory like `mosaic-edge export` writes: fp32, TRT Q/DQ int8 and CPU int8 + manifest.
+
+    The three files get different weights (seeds) so a test can tell which one a runner picked.
+    """
+    from mosaic_edge.manifest import Manifest
+
+    files = {"model.onnx": ("fp32", "any", 0), "model.int8.onnx": ("int8", "tensorrt", 1),
+             "model.int8-cpu.onnx": ("int8", "cpu", 2)}
+    manifest = Manifest.create(contract, out)
+    for name, (prec, target, seed) in files.items():
+        write_tiny_onnx(out / name, contract, seed)
+        manifest = manifest.with_artefact(name, prec, target, opset=17, inputs=dict(contract.input_shapes()),
+                                          outputs=tuple(contract.output_names))
+    manifest.save()
+    return out
+
+
+# ---- tile writers ------------------------------------------------------------------------------------------
+def raw_tile(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Plausible raw S1 (dB, float32) and S2 (reflectance x 1e4, uint16) arrays of one tile."""
+    rng = np.random.default_rng(seed)
+    sar = rng.normal(-15.0, 4.0, (2, h, w)).astype(np.float32)
+    optical = rng.uniform(100, 4000, (12, h, w)).astype(np.uint16)
+    return sar, optical
+
+
+def write_npz_tile(path: Path, h: int = TINY_PATCH, w: int = TINY_PATCH, seed: int = 0, optical: bool = True,
+                   **extra: Any) -> Path:
+    """A plausible ``.npz`` tile (``extra``: ``cloudy``, ``transform``, ``crs`` of :func:`write_tile`)."""
+    sar, opt = raw_tile(h, w, seed)
+    return write_tile(path, sar, opt if optical else None, **extra)
+
+
+def write_geotiff_tile(folder: Path, h: int = 40, w: int = 40, seed: int = 0, geo: bool = True,
+                       crs2: str | None = None) -> Path:
+    from mosaic_edge.data.tiff import GeoInfo, write_tiff
+
+    sar, opt = raw_tile(h, w, seed)
+    g1 = GeoInfo((10.0, 0.0, 500000.0, 0.0, -10.0, 5800000.0), "EPSG:32633") if geo else None
+    g2 = GeoInfo(g1.transform, crs2 or g1.crs) if g1 else None
+    write_tiff(folder / "s1.tif", sar, g1)
+    write_tiff(folder / "s2.tif", opt, g2)
+    return folder
+
+
+def copy_benv2_tile(root: Path, index: int, dest: Path) -> Path:
+    """Copy the S1 and S2 per-band folders of benv2-mini pair ``index`` into tile folder ``dest``."""
+    import shutil
+
+    from mosaic_edge.data.benv2 import BigEarthNetV2
+
+    src = BigEarthNetV2(root, "train")
+    s1, s2 = src.folders(index)
+    shutil.copytree(s1, dest / s1.name)
+    shutil.copytree(s2, dest / s2.name)
+    return dest
+
+
+def read_results(spool: Path) -> dict[str, list[dict]]:
+    """results/<tile>.jsonl -> parsed records."""
+    return {p.stem: [json.loads(line) for line in p.read_text().splitlines()]
+            for p in sorted((spool / "results").glob("*.jsonl"))}
+
+
+def serve_once(model: Path, spool: Path, **config) -> object:
+    """Run the daemon in-process over ``spool`` until incoming/ is drained; return the daemon."""
+    from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
+    from mosaic_edge.edge_runtime.runner import open_runner
+
+    cfg = {"settle_s": 0.0, "poll_s": 0.05, "max_wait_ms": 5.0, "once": True, **config}
+    daemon = Daemon(open_runner(model, kind="ort", device="cpu", threads=1), spool, ServeConfig(**cfg))
+    assert daemon.run() == 0
+    return daemon
