@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner, open_runner, run_batched, select_artefact
+from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner, open_runner, run_batched
 from mosaic_edge.errors import ContractMismatchError, UserError
 from mosaic_edge.manifest import Manifest
 
@@ -54,10 +54,10 @@ def test_open_runner_picks_cpu_int8_never_trt_qdq(tiny_export):
     assert r.model_path.name == "model.int8-cpu.onnx"
     assert open_runner(tiny_export, kind="ort", device="cpu").model_path.name == "model.onnx"
     manifest = Manifest.load(tiny_export)
-    assert select_artefact(manifest, "tensorrt", "int8").name == "model.int8.onnx"
+    assert manifest.artefact_for("tensorrt", "int8").name == "model.int8.onnx"
     only_trt = {"model.int8.onnx": manifest.artefacts["model.int8.onnx"]}
     with pytest.raises(UserError, match="no int8 artefact"):
-        select_artefact(dataclasses.replace(manifest, artefacts=only_trt), "cpu", "int8")
+        dataclasses.replace(manifest, artefacts=only_trt).artefact_for("cpu", "int8")
 
 
 def test_open_runner_refuses_tampered_artefact(tiny_export, tmp_path):
