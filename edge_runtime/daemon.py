@@ -32,8 +32,8 @@ from mosaic_edge.edge_runtime.logs import get_logger
 from mosaic_edge.edge_runtime.metrics_http import Metrics, MetricsServer
 from mosaic_edge.edge_runtime.runner import Runner
 from mosaic_edge.edge_runtime.spool import Candidate, IncomingWatcher, Spool, valid_tile_id
-from mosaic_edge.edge_runtime.tiles import MissingPartnerError, TileLimits, fingerprint
 from mosaic_edge.errors import DataError, UserError
+from mosaic_edge.tile_format import MissingPartnerError, TileLimits, fingerprint
 
 log = get_logger()
 _SENTINEL: Any = object()

@@ -24,7 +24,7 @@ import numpy as np
 
 from mosaic_edge.contract import Contract, sigmoid
 from mosaic_edge.data.tiff import GeoInfo
-from mosaic_edge.edge_runtime.patching import Window
+from mosaic_edge.patching import Window
 
 # head name in records -> contract output holding its logits
 HEAD_OUTPUTS = {"fused": "logits", "sar": "logits_sar"}

@@ -9,17 +9,13 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
+from mosaic_edge import patching
 from mosaic_edge.contract import sigmoid
 from mosaic_edge.data.preprocess import preprocess
-from mosaic_edge.edge_runtime import patching, postprocess
-from mosaic_edge.edge_runtime.tiles import (
-    MissingPartnerError,
-    TileLimits,
-    load_npz,
-    prepare_tile,
-    read_tile,
-)
+from mosaic_edge.edge_runtime import postprocess
+from mosaic_edge.edge_runtime.tiles import prepare_tile
 from mosaic_edge.errors import DataError
+from mosaic_edge.tile_format import MissingPartnerError, TileLimits, load_npz, read_tile
 from tests.support.runtime import copy_benv2_tile, raw_tile, write_geotiff_tile, write_npz_tile
 
 
