@@ -1,9 +1,12 @@
 """The spool daemon behind ``mosaic-edge serve``: three threads joined by bounded queues.
 
-* reader: watches ``incoming/`` (inotify via ``inotify_simple`` when importable, else polling), reads and
-  preprocesses ready tiles and queues them (at most ``queue_tiles`` ahead of inference);
+* reader: watches ``incoming/`` (inotify via ``inotify_simple`` when importable, else polling), reads, verifies
+  and prepares ready tiles (:mod:`~mosaic_edge.edge_runtime.pipeline`: one read per file, the SHA-256 from
+  those bytes, whole-tile inputs in the artefact's input form) and queues them (at most ``queue_tiles`` ahead of
+  inference);
 * inference (the thread calling :meth:`Daemon.run`): gathers patches into batches of up to ``batch`` or
-  whatever arrived within ``max_wait_ms`` of the first one, runs the runner, and hands finished tiles on;
+  whatever arrived within ``max_wait_ms`` of the first one, cuts their windows straight into the runner's
+  input buffers, runs the runner, and hands finished tiles on;
 * writer (:class:`~mosaic_edge.edge_runtime.commit.Committer`): writes results atomically, then moves inputs
   to ``done/``, a group of tiles per directory fsync, so inference never waits on the disk.
 
@@ -24,8 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mosaic_edge.edge_runtime import pipeline
 from mosaic_edge.edge_runtime.commit import Committer
 from mosaic_edge.edge_runtime.logs import get_logger
@@ -37,6 +38,25 @@ from mosaic_edge.tile_format import MissingPartnerError, TileLimits, fingerprint
 
 log = get_logger()
 _SENTINEL: Any = object()
+
+
+@dataclass(eq=False)  # identity semantics: queue items and dict keys
+class InFlight:
+    """A job on its way through the daemon: the spool entry it came from and its batching state."""
+
+    job: pipeline.Job
+    candidate: Candidate
+    enqueued: float
+    next_index: int = 0  # first window not yet handed to a batch
+    failed: bool = False
+
+    @property
+    def tile_id(self) -> str:
+        return self.job.tile_id
+
+    @property
+    def name(self) -> str:
+        return self.job.name
 
 
 @dataclass(frozen=True)
@@ -121,23 +141,12 @@ class Daemon:
             self._ids.add(cand.tile_id)
         queued = False
         try:
-            digest = fingerprint(cand.path)
             previous = self.spool.result_input_hash(cand.tile_id)
             if previous is not None:
-                self._settle_existing(cand, digest, previous)
+                self._settle_existing(cand, fingerprint(cand.path), previous)
                 return "handled"
-            job = pipeline.load_job(cand.path, cand.tile_id, self.runner.contract, self.config.limits,
-                                    self.config.stride, allow_sar_only=cand.marker, input_sha256=digest)
-            job.marker, job.enqueued, job.candidate = cand.marker, time.perf_counter(), cand
-            self.metrics.observe("read", job.timings_ms["read"] / 1e3)
-            self.metrics.observe("preprocess", job.timings_ms["preprocess"] / 1e3)
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(job, timeout=0.2)
-                    queued = True
-                    return "queued"
-                except queue.Full:
-                    continue
+            queued = self._load_and_queue(cand)
+            return "queued" if queued else "handled"
         except MissingPartnerError as exc:
             if not cand.marker and cand.age_s < self.config.partner_timeout_s:
                 return "wait"
@@ -152,6 +161,25 @@ class Daemon:
             if not queued:  # queued tiles are released by the thread that finishes them
                 self._release(cand)
         return "handled"
+
+    def _load_and_queue(self, cand: Candidate) -> bool:
+        """Read, verify, prepare and plan an accepted tile and queue it; False when stopped meanwhile.
+
+        Raises what :func:`pipeline.load` raises for a bad tile (the caller fails or defers it).
+        """
+        job = pipeline.load(cand.path, cand.tile_id, self.runner.contract, self.config.limits, self.config.stride,
+                            allow_sar_only=cand.marker)
+        t = job.timings_ms
+        self.metrics.observe("read", (t["read"] + t["verify"]) / 1e3)
+        self.metrics.observe("preprocess", (t["prepare"] + t["cut"]) / 1e3)
+        item = InFlight(job, cand, time.perf_counter())
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _settle_existing(self, cand: Candidate, digest: str, previous: str) -> None:
         """Results for this tile id exist: finish a crashed run, or refuse a duplicate."""
@@ -185,21 +213,21 @@ class Daemon:
             self._queue.put(_SENTINEL)
 
     # ---- inference side ------------------------------------------------------------------------------------
-    def _gather(self, backlog: deque) -> list[tuple[pipeline.Job, int, int]] | None:
-        items: list[tuple[pipeline.Job, int, int]] = []
+    def _gather(self, backlog: deque) -> list[tuple[InFlight, int, int]] | None:
+        items: list[tuple[InFlight, int, int]] = []
         count, first = 0, None
         max_wait = self.config.max_wait_ms / 1e3
         while count < self.batch:
             if backlog:
-                job = backlog[0]
-                if job.failed:  # failed in an earlier batch
+                item = backlog[0]
+                if item.failed:  # failed in an earlier batch
                     backlog.popleft()
                     continue
-                k = min(self.batch - count, job.n - job.next_index)
-                items.append((job, job.next_index, job.next_index + k))
-                job.next_index += k
+                k = min(self.batch - count, item.job.n - item.next_index)
+                items.append((item, item.next_index, item.next_index + k))
+                item.next_index += k
                 count += k
-                if job.next_index == job.n:
+                if item.next_index == item.job.n:
                     backlog.popleft()
                 first = first or time.perf_counter()
                 continue
@@ -209,51 +237,53 @@ class Daemon:
             if timeout <= 0:
                 break
             try:
-                job = self._queue.get(timeout=timeout)
+                got = self._queue.get(timeout=timeout)
             except queue.Empty:
                 if first is None:
                     return items
                 continue
-            if job is _SENTINEL:
+            if got is _SENTINEL:
                 self._reader_done = True
                 continue
-            job.timings_ms["queue"] = (time.perf_counter() - job.enqueued) * 1e3
-            self.metrics.observe("queue", job.timings_ms["queue"] / 1e3)
-            backlog.append(job)
+            got.job.timings_ms["queue"] = (time.perf_counter() - got.enqueued) * 1e3
+            self.metrics.observe("queue", got.job.timings_ms["queue"] / 1e3)
+            backlog.append(got)
         self.metrics.set("queue_depth", self._queue.qsize() + len(backlog))
         return None if not items and self._reader_done else items
 
-    def _run_batch(self, items: list[tuple[pipeline.Job, int, int]]) -> None:
-        jobs = list(dict.fromkeys(j for j, _, _ in items))
-        batch = {"sar": np.concatenate([j.sar[a:b] for j, a, b in items]),
-                 "optical": np.concatenate([j.optical[a:b] for j, a, b in items])}
+    def _run_batch(self, items: list[tuple[InFlight, int, int]]) -> None:
+        inflight = list(dict.fromkeys(i for i, _, _ in items))
         t0 = time.perf_counter()
         try:
+            batch = pipeline.fill(self.runner.input_buffers(self.batch), [(i.job, a, b) for i, a, b in items])
+            t1 = time.perf_counter()
             out = self.runner.infer(batch)
         except Exception as exc:  # noqa: BLE001 - fail these tiles, keep serving
             log.exception("inference failed")
-            self._fail_jobs(jobs, f"inference failed: {type(exc).__name__}: {exc}")
+            self._fail_jobs(inflight, f"inference failed: {type(exc).__name__}: {exc}")
             return
-        dt = time.perf_counter() - t0
-        self.metrics.observe("infer", dt)
+        t2 = time.perf_counter()
+        self.metrics.observe("infer", t2 - t1)
         self.metrics.inc("batches")
         self.metrics.inc("patches", len(batch["sar"]))
         off = 0
-        for job, a, b in items:
-            if not job.failed:
-                pipeline.store_outputs(job, a, {k: v[off:off + b - a] for k, v in out.items()})
-                job.timings_ms["infer"] = job.timings_ms.get("infer", 0.0) + dt * 1e3
+        for item, a, b in items:
+            if not item.failed:
+                timings = item.job.timings_ms
+                pipeline.store_outputs(item.job, a, {k: v[off:off + b - a] for k, v in out.items()})
+                timings["cut"] = timings.get("cut", 0.0) + (t1 - t0) * 1e3 * (b - a) / len(batch["sar"])
+                timings["infer"] = timings.get("infer", 0.0) + (t2 - t1) * 1e3
             off += b - a
-        finished = [job for job in jobs if job.n_done == job.n and not job.failed]
+        finished = [i for i in inflight if i.job.n_done == i.job.n and not i.failed]
         if finished:
             self._committer.put(finished)  # blocks only while the writer is write_queue batches behind
 
-    def _fail_jobs(self, jobs: list[pipeline.Job], reason: str) -> None:
-        for job in jobs:
-            if not job.failed:
-                job.failed = True  # its remaining patches are dropped from the backlog
-                self._fail(job.name, job.tile_id, reason)
-                self._release(job.candidate)
+    def _fail_jobs(self, inflight: list[InFlight], reason: str) -> None:
+        for item in inflight:
+            if not item.failed:
+                item.failed = True  # its remaining patches are dropped from the backlog
+                self._fail(item.name, item.tile_id, reason)
+                self._release(item.candidate)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def run(self) -> int:

@@ -7,11 +7,15 @@ One JSON Lines record per patch::
      "head": "fused" | "sar", "labels": [{"name": ..., "score": ...}, ...],   # score >= class threshold
      "scores": {class: probability, ...}, "optical_invalid_fraction": 0.0,
      "model_hash": "...", "runner": "ort", "precision": "fp32", "input_sha256": "...",
-     "timings_ms": {"read": .., "preprocess": .., "queue": .., "infer": ..}}
+     "timings_ms": {"read": .., "verify": .., "prepare": .., "cut": .., "queue": .., "infer": ..}}
 
 ``head`` says which logits answered: the fused head, or the SAR head when the patch has no usable optical
 data. GeoJSON: one FeatureCollection per georeferenced tile, one Polygon per patch in the tile's CRS (named in
 a ``crs`` member; RFC 7946 readers assume WGS 84, so consumers must honour it).
+
+:func:`tile_records` builds the records as dicts (library use, tests); :func:`encode_tile` writes the same
+bytes as ``to_jsonl(tile_records(...))`` and ``to_geojson(...)`` straight from the arrays, with the per-tile
+parts serialised once instead of per patch.
 """
 
 from __future__ import annotations
@@ -33,13 +37,17 @@ SCORE_DIGITS = 6
 
 def choose_heads(optical_invalid: np.ndarray, max_invalid: float) -> list[str]:
     """Per patch: "sar" when its optical data is more invalid than ``max_invalid``, else "fused"."""
-    return ["sar" if f > max_invalid else "fused" for f in np.asarray(optical_invalid, np.float64)]
+    sar = (np.asarray(optical_invalid, np.float64) > max_invalid).tolist()
+    return ["sar" if s else "fused" for s in sar]
 
 
 def patch_scores(outputs: Mapping[str, np.ndarray], heads: Sequence[str]) -> np.ndarray:
     """Probabilities [n, C] taking each row from the logits of its head."""
-    rows = [outputs[HEAD_OUTPUTS[h]][i] for i, h in enumerate(heads)]
-    return sigmoid(np.stack(rows))
+    fused = np.asarray([h == "fused" for h in heads])
+    if fused.all():
+        return sigmoid(outputs[HEAD_OUTPUTS["fused"]][: len(heads)])
+    return sigmoid(np.where(fused[:, None], outputs[HEAD_OUTPUTS["fused"]][: len(heads)],
+                            outputs[HEAD_OUTPUTS["sar"]][: len(heads)]))
 
 
 def tile_records(
@@ -99,3 +107,75 @@ def to_geojson(records: Sequence[Mapping[str, Any]]) -> bytes | None:
     if records[0].get("crs"):
         fc["crs"] = {"type": "name", "properties": {"name": records[0]["crs"]}}
     return (json.dumps(fc, allow_nan=False) + "\n").encode()
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, allow_nan=False)
+
+
+def _labels(s: np.ndarray, above: np.ndarray, rounded: list[float], names: list[str]) -> str:
+    order = above[np.argsort(-s[above])].tolist()
+    return "[" + ", ".join(f'{{"name": {names[k]}, "score": {rounded[k]!r}}}' for k in order) + "]"
+
+
+def encode_tile(
+    tile_id: str,
+    wins: Sequence[Window],
+    heads: Sequence[str],
+    scores: np.ndarray,
+    contract: Contract,
+    geo: GeoInfo | None,
+    optical_invalid: Sequence[float],
+    extra: Mapping[str, Any],
+) -> tuple[bytes, bytes | None]:
+    """``(to_jsonl(records), to_geojson(records))`` of :func:`tile_records`' records, without building them.
+
+    Raises:
+        ValueError: a score is not finite (as ``json.dumps(..., allow_nan=False)`` would).
+    """
+    if not np.isfinite(scores).all():
+        raise ValueError("Out of range float values are not JSON compliant: non-finite scores")
+    names = [json.dumps(c) for c in contract.classes]
+    by_name = sorted(range(len(names)), key=lambda k: contract.classes[k])
+    above_all = scores >= np.asarray(contract.thresholds)
+    # Keys in sort_keys order around the per-patch parts; "extra" keys (model_hash, runner, ...) interleave.
+    fixed = {"crs": None if geo is None else geo.crs, "tile": tile_id, **extra}
+    keys = sorted([*fixed, "bounds", "head", "labels", "optical_invalid_fraction", "patch", "scores", "window"])
+    const = {k: _dumps(v) for k, v in fixed.items()}
+    lines, features = [], []
+    for i, (win, head) in enumerate(zip(wins, heads, strict=True)):
+        s = scores[i]
+        rounded = [round(v, SCORE_DIGITS) for v in s.tolist()]
+        bounds = win.bounds(geo)
+        bounds_r = None if bounds is None else [round(v, 6) for v in bounds]
+        labels = _labels(s, np.flatnonzero(above_all[i]), rounded, names)
+        values = {
+            "bounds": "null" if bounds_r is None else "[" + ", ".join(repr(v) for v in bounds_r) + "]",
+            "head": f'"{head}"',
+            "labels": labels,
+            "optical_invalid_fraction": repr(round(float(optical_invalid[i]), 4)),
+            "patch": str(i),
+            "scores": "{" + ", ".join(f"{names[k]}: {rounded[k]!r}" for k in by_name) + "}",
+            "window": f'{{"col": {win.col}, "height": {win.height}, "row": {win.row}, "width": {win.width}}}',
+            **const,
+        }
+        lines.append("{" + ", ".join(f'"{k}": {values[k]}' for k in keys) + "}\n")
+        if bounds_r is not None:
+            x0, y0, x1, y1 = bounds_r
+            features.append({
+                "type": "Feature",
+                "geometry": {"type": "Polygon",
+                             "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
+                "properties": {"tile": tile_id, "patch": i, "head": head,
+                               "labels": [contract.classes[k] for k in
+                                          np.flatnonzero(above_all[i])[np.argsort(-s[above_all[i]])].tolist()],
+                               "scores": dict(zip(contract.classes, rounded, strict=True)),
+                               "model_hash": extra.get("model_hash")},
+            })
+    geojson = None
+    if features:
+        fc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
+        if geo is not None and geo.crs:
+            fc["crs"] = {"type": "name", "properties": {"name": geo.crs}}
+        geojson = (json.dumps(fc, allow_nan=False) + "\n").encode()
+    return "".join(lines).encode(), geojson

@@ -22,12 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mosaic_edge.contract import Contract
+from mosaic_edge.contract import INPUT_FORMS, Contract
 from mosaic_edge.data.sources import SYNTHETIC, DataSpec
 from mosaic_edge.errors import UserError
 from mosaic_edge.export import parity as par
 from mosaic_edge.export.fp16 import convert_fp16
 from mosaic_edge.export.onnx_export import DEFAULT_OPSET, export_onnx, io_signature
+from mosaic_edge.export.raw_inputs import finish_inputs
 from mosaic_edge.export.report import (
     DEFAULT_MAX_MAP_DROP_PTS,
     Evaluated,
@@ -83,12 +84,15 @@ class ExportConfig:
     opset: int = DEFAULT_OPSET
     exporter: str = "legacy"
     trt_version: str = "10.3.0"
+    input_form: str = "raw"  # of the written artefacts (mosaic_edge.export.raw_inputs); checks run standardised
 
     def __post_init__(self) -> None:
         if self.calib_size < 1:
             raise UserError(f"--calib-size must be >= 1, got {self.calib_size}")
         if self.max_map_drop_pts < 0:
             raise UserError(f"--max-map-drop must be >= 0, got {self.max_map_drop_pts}")
+        if self.input_form not in INPUT_FORMS:
+            raise UserError(f"--input-form must be one of {list(INPUT_FORMS)}, got {self.input_form!r}")
 
 
 @dataclass(frozen=True)
@@ -251,5 +255,6 @@ def run_export(checkpoint: str | Path, out_dir: str | Path,
         manifest = manifest.with_file(CALIB_NPZ, "calibration-set")
         manifest = manifest.with_file(CALIB_CACHE, "tensorrt-calib-cache")
     manifest = manifest.with_file("report.json", "accuracy-report")
+    manifest = finish_inputs(manifest, cfg.input_form)  # last: every check above ran on standardised inputs
     manifest.save()
     return ExportResult(out, manifest, report, tuple(results))

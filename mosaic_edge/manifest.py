@@ -5,7 +5,8 @@ verifies its artefact with it. Layout (schema 1)::
 
     {"schema": 1, "mosaic_edge_version": "...", "created": "2026-...Z", "contract": {...Contract dict...},
      "artefacts": {"model.onnx": {"sha256": "...", "precision": "fp32", "target": "any", "opset": 17,
-                                  "inputs": {"sar": ["N", 2, 120, 120], ...}, "outputs": ["logits", ...],
+                                  "inputs": {"sar": ["N", 2, 120, 120], ...},
+                                  "input_dtypes": {"sar": "float32", ...}, "outputs": ["logits", ...],
                                   "notes": {...}}, ...},
      "files": {"calib.npz": {"sha256": "...", "kind": "calibration-set"}, ...}}
 
@@ -59,6 +60,8 @@ class Artefact:
         target: "any", "tensorrt" or "cpu" (see :data:`TARGETS`).
         opset: ONNX default-domain opset, or None for non-ONNX files.
         inputs: Input name -> shape (``"N"`` marks the dynamic batch).
+        input_dtypes: Input name -> numpy dtype name (empty in manifests written before it was recorded); what
+            the inputs hold is the contract's ``input_form``.
         outputs: Output names in graph order.
         notes: Free-form primitives (calibration method, quantizer, parity numbers).
     """
@@ -69,6 +72,7 @@ class Artefact:
     target: str
     opset: int | None = None
     inputs: Mapping[str, list[Any]] = field(default_factory=dict)
+    input_dtypes: Mapping[str, str] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
     notes: Mapping[str, Any] = field(default_factory=dict)
 
@@ -81,14 +85,16 @@ class Artefact:
     def to_dict(self) -> dict[str, Any]:
         return {"sha256": self.sha256, "precision": self.precision, "target": self.target,
                 "opset": self.opset,
-                "inputs": {k: list(v) for k, v in self.inputs.items()}, "outputs": list(self.outputs),
+                "inputs": {k: list(v) for k, v in self.inputs.items()}, "input_dtypes": dict(self.input_dtypes),
+                "outputs": list(self.outputs),
                 "notes": dict(self.notes)}
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> Artefact:
         return cls(name=name, sha256=str(data["sha256"]), precision=str(data["precision"]),
                    target=str(data.get("target", "any")), opset=data.get("opset"),
-                   inputs=dict(data.get("inputs", {})), outputs=tuple(data.get("outputs", ())),
+                   inputs=dict(data.get("inputs", {})), input_dtypes=dict(data.get("input_dtypes", {})),
+                   outputs=tuple(data.get("outputs", ())),
                    notes=dict(data.get("notes", {})))
 
 

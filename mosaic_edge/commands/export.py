@@ -23,6 +23,8 @@ def export(
     max_map_drop: float = typer.Option(1.0, "--max-map-drop", help="INT8 gate: max macro-mAP drop, pts."),
     quant_backend: str = typer.Option("onnxruntime", "--quant-backend", help="onnxruntime|modelopt|auto"),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (>= 17)."),
+    input_form: str = typer.Option("raw", "--input-form", help="raw: artefacts take physical units and "
+                                   "standardise in the graph | standardised: the host standardises."),
 ) -> None:
     """Export a checkpoint to ONNX (+ fp16, + INT8), parity-check it, write report.md and manifest.json."""
     from mosaic_edge.export.pipeline import ExportConfig, run_export
@@ -30,7 +32,8 @@ def export(
     config = ExportConfig(fp16=fp16, int8=int8, calib_method=calib_method, calib_size=calib_size,
                           calib_file=str(calib_file) if calib_file else None, data=data,
                           eval_data=tuple(eval_data), eval_limit=eval_limit or None,
-                          max_map_drop_pts=max_map_drop, quant_backend=quant_backend, opset=opset)
+                          max_map_drop_pts=max_map_drop, quant_backend=quant_backend, opset=opset,
+                          input_form=input_form)
     result = run_export(checkpoint, out, config)
     for name, art in result.manifest.artefacts.items():
         typer.echo(f"{out / name}  {art.precision:<4}  target={art.target}")

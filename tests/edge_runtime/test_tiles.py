@@ -28,14 +28,40 @@ def test_npz_tile_matches_shared_preprocessing(tmp_path, contract):
     ref = preprocess(sar, opt, contract)
     np.testing.assert_array_equal(prep.sar, ref.sar)
     np.testing.assert_array_equal(prep.optical, ref.optical)
-    assert not prep.optical_invalid.any()
+    assert prep.optical_invalid is None and prep.optical_usable  # every optical pixel usable
+
+
+def test_raw_form_keeps_physical_units_and_fills_nonfinite_with_the_band_mean(tmp_path, contract):
+    raw = contract.replace(input_form="raw")
+    sar, opt = raw_tile(20, 30, 3)
+    prep = prepare_tile(read_tile(write_npz_tile(tmp_path / "a.npz", 20, 30, seed=3)), raw)
+    assert prep.input_form == "raw" and prep.optical.dtype == np.uint16  # cast to float32 only when cut
+    np.testing.assert_array_equal(prep.sar, sar)
+    np.testing.assert_array_equal(prep.optical, opt)
+    assert prep.optical_invalid is None and prep.sar_invalid_fraction == 0.0
+    sar[0, 1, 2], sar[1, 3, 3] = np.nan, -np.inf
+    opt[:, 4, 5] = 0  # L2A no-data pixel
+    optf = opt.astype(np.float32)
+    optf[7, 6, 6] = np.nan
+    from mosaic_edge.tile_format import write_tile
+
+    prep = prepare_tile(read_tile(write_tile(tmp_path / "b.npz", sar, optf)), raw)
+    assert prep.sar[0, 1, 2] == np.float32(contract.sar_mean[0]) and prep.sar[1, 3, 3] == np.float32(
+        contract.sar_mean[1])
+    assert prep.optical[7, 6, 6] == np.float32(contract.optical_mean[7])
+    assert prep.sar_invalid_fraction == pytest.approx(2 / 600)
+    assert sorted(zip(*np.nonzero(prep.optical_invalid), strict=True)) == [(4, 5), (6, 6)]
+    ref = preprocess(sar, optf, contract)
+    assert ref.sar_invalid_fraction == prep.sar_invalid_fraction
 
 
 def test_sar_only_and_cloudy_tiles_mark_optical_invalid(tmp_path, contract):
-    for name, kw in (("s.npz", {"optical": False}), ("c.npz", {"cloudy": np.array(True)})):
-        prep = prepare_tile(read_tile(write_npz_tile(tmp_path / name, **kw)), contract)
-        assert prep.optical_invalid.all()
-        np.testing.assert_array_equal(prep.optical[:, :4, :4] if name == "s.npz" else 0, 0)
+    for form in ("standardised", "raw"):
+        c = contract.replace(input_form=form)
+        for name, kw in (("s.npz", {"optical": False}), ("c.npz", {"cloudy": np.array(True)})):
+            prep = prepare_tile(read_tile(write_npz_tile(tmp_path / name, **kw)), c)
+            assert prep.optical_invalid.all() and not prep.optical_usable
+            assert (prep.optical is None) == (name == "s.npz")
 
 
 def test_geotiff_pair_keeps_georeferencing(tmp_path, contract):
@@ -131,3 +157,72 @@ def test_postprocess_thresholds_and_geojson(contract):
     assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 2
     assert fc["crs"]["properties"]["name"] == "EPSG:32633"
     assert postprocess.to_geojson([{**recs[0], "bounds": None}]) is None
+
+
+def test_one_read_gives_the_fingerprint_and_the_same_arrays(tmp_path, benv2_root):
+    from mosaic_edge.tile_format import fingerprint, read_files
+
+    tiles = [write_npz_tile(tmp_path / "a.npz", 20, 30, seed=3, transform=(10, 0, 5, 0, -10, 7), crs="EPSG:1"),
+             write_geotiff_tile(tmp_path / "g", 40, 40, seed=1), copy_benv2_tile(benv2_root, 2, tmp_path / "b")]
+    for path in tiles:
+        files = read_files(path)
+        assert files.sha256() == fingerprint(path)
+    arrays = load_npz(tiles[0], TileLimits())
+    with np.load(tiles[0], allow_pickle=False) as ref:
+        assert sorted(arrays) == sorted(ref.files)
+        for key in ref.files:
+            np.testing.assert_array_equal(arrays[key], ref[key])
+            assert arrays[key].dtype == ref[key].dtype
+
+
+@pytest.mark.parametrize("writer", ["savez", "savez_compressed", "fortran"])
+def test_npz_variants_parse_like_numpy(tmp_path, writer):
+    sar, opt = raw_tile(12, 10, 5)
+    path = tmp_path / "v.npz"
+    if writer == "fortran":
+        np.savez(path, sar=np.asfortranarray(sar), optical=np.asfortranarray(opt), cloudy=np.asarray(True))
+    else:
+        getattr(np, writer)(path, sar=sar, optical=opt, crs=np.asarray("EPSG:32633"))
+    arrays = load_npz(path, TileLimits())
+    with np.load(path, allow_pickle=False) as ref:
+        for key in ref.files:
+            np.testing.assert_array_equal(arrays[key], ref[key])
+    tile = read_tile(path)
+    np.testing.assert_array_equal(tile.sar, sar)
+    np.testing.assert_array_equal(tile.optical, opt)
+
+
+def test_npz_payload_corruption_is_caught(tmp_path):
+    path = write_npz_tile(tmp_path / "c.npz", 16, 16)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside the optical payload
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="CRC"):
+        read_tile(path)
+    path.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(DataError, match="unreadable .npz"):
+        read_tile(path)
+
+
+def test_band_folder_matches_the_training_reader(tmp_path, benv2_root):
+    from mosaic_edge.data.benv2 import BigEarthNetV2, read_benv2_patch
+
+    src = BigEarthNetV2(benv2_root, "train")
+    for i in range(len(src)):
+        tile = read_tile(copy_benv2_tile(benv2_root, i, tmp_path / f"t{i}"))
+        s1, s2 = src.folders(i)
+        ref = read_benv2_patch(s1, s2, patch_size=None)
+        for got, want in ((tile.sar, ref.sar), (tile.optical, ref.optical)):
+            assert sorted(got) == sorted(want)
+            for band in want:
+                np.testing.assert_array_equal(got[band], want[band])
+                assert got[band].dtype == want[band].dtype
+        assert tile.geo == ref.meta["geo"]
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in (tmp_path / "t0").rglob("*.tif"):
+        shutil.copy(f, flat / f.name)
+    (flat / next(flat.glob("*_B03.tif")).name.replace("_B03", "_B03x")).write_bytes(b"")  # not a band file
+    (flat / next(flat.glob("*_B03.tif")).name).unlink()
+    with pytest.raises(DataError, match="S2 band B03 missing"):
+        read_tile(flat)

@@ -6,12 +6,11 @@ import pytest
 
 from mosaic_edge.edge_runtime.power import (
     PowerSummary,
-    cpu_info,
     input_power_mw,
-    parse_nvpmodel,
     parse_tegrastats_line,
     summarize_power,
 )
+from mosaic_edge.environment import cpu_info, parse_nvpmodel
 
 # Lines in the formats tegrastats prints on each Jetson generation (field layout per NVIDIA's tegrastats docs;
 # values are illustrative). Orin / JetPack 5-6 prints "current mW/average mW"; JetPack 4 prints bare numbers.
