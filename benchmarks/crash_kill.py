@@ -124,8 +124,8 @@ def run(model: Path, spool: Path, tiles: int, kills: int, seed: int = 0, patch: 
 
 
 def _default_model(workdir: Path) -> Path:
-    sys.path.insert(0, str(REPO / "tests" / "edge_runtime"))
-    from conftest import tiny_contract, write_tiny_onnx  # the test suite's tiny ONNX model
+    sys.path.insert(0, str(REPO))
+    from tests.support.runtime import tiny_contract, write_tiny_onnx  # the test suite's tiny ONNX model
 
     return write_tiny_onnx(workdir / "tiny.onnx", tiny_contract())
 

@@ -2,15 +2,17 @@
 
 * reader: watches ``incoming/`` (inotify via ``inotify_simple`` when importable, else polling), reads, verifies
   and prepares ready tiles (:mod:`~mosaic_edge.edge_runtime.pipeline`: one read per file, the SHA-256 from
-  those bytes, whole-tile inputs in the artefact's input form) and queues them (at most ``queue_tiles`` ahead of
-  inference);
+  those bytes, whole-tile inputs in the artefact's input form) -- ``readers`` tiles at a time, since decoding
+  and hashing release the GIL -- and queues them (at most ``queue_tiles`` ahead of inference);
 * inference (the thread calling :meth:`Daemon.run`): gathers patches into batches of up to ``batch`` or
   whatever arrived within ``max_wait_ms`` of the first one, cuts their windows straight into the runner's
   input buffers, runs the runner, and hands finished tiles on;
 * writer (:class:`~mosaic_edge.edge_runtime.commit.Committer`): writes results atomically, then moves inputs
   to ``done/``, a group of tiles per directory fsync, so inference never waits on the disk.
 
-A full queue blocks the stage before it, so a slow disk slows reading instead of filling memory. A bad tile
+A full queue blocks the stage before it, so a slow disk slows reading instead of filling memory. The reader and
+writer threads run ``host_nice`` steps below the inference thread's priority where the OS allows it, so on a
+busy CPU the host work yields to inference rather than stalling the engine. A bad tile
 goes to ``failed/`` with a one-line reason and the daemon carries on. A full output disk pauses the writer and
 retries with back-off; nothing is moved before its results are on disk. SIGTERM/SIGINT: stop taking tiles,
 finish and commit what is queued, exit 0.
@@ -18,11 +20,13 @@ finish and commit what is queued, exit 0.
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,7 @@ from mosaic_edge.edge_runtime import pipeline
 from mosaic_edge.edge_runtime.commit import Committer
 from mosaic_edge.edge_runtime.logs import get_logger
 from mosaic_edge.edge_runtime.metrics_http import Metrics, MetricsServer
-from mosaic_edge.edge_runtime.runner import Runner
+from mosaic_edge.edge_runtime.runner import Runner, usable_cores
 from mosaic_edge.edge_runtime.spool import Candidate, IncomingWatcher, Spool, valid_tile_id
 from mosaic_edge.errors import DataError, UserError
 from mosaic_edge.tile_format import MissingPartnerError, TileLimits, fingerprint
@@ -78,11 +82,29 @@ class ServeConfig:
     disk_retry_s: float = 1.0
     disk_retry_max_s: float = 30.0
     inotify: bool = True
+    readers: int | None = None
+    host_nice: int = 0
+
+    @property
+    def reader_threads(self) -> int:
+        """Tiles read at once: ``readers``, or by default half the usable cores (1 to 4)."""
+        return self.readers or max(1, min(4, usable_cores() // 2))
 
     def __post_init__(self) -> None:
         if (self.batch < 1 or self.max_wait_ms < 0 or self.settle_s < 0 or self.queue_tiles < 1
-                or self.write_queue < 1):
-            raise UserError("batch and queue sizes must be >= 1; max-wait and settle times >= 0")
+                or self.write_queue < 1 or (self.readers is not None and self.readers < 1)):
+            raise UserError("batch, queue sizes and readers must be >= 1; max-wait and settle times >= 0")
+
+
+def lower_thread_priority(steps: int) -> None:
+    """Raise the calling thread's nice value by ``steps`` (Linux threads have their own); a no-op elsewhere."""
+    if steps <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + steps)
+    except OSError:
+        pass
 
 
 class Daemon:
@@ -100,11 +122,13 @@ class Daemon:
         self._names: set[str] = set()  # incoming/ entries taken and not finished
         self._ids: set[str] = set()
         self._reader_done = False
+        self._read_pool: ThreadPoolExecutor | None = None
         self.metrics_address: tuple[str, int] | None = None
         # A TensorRT engine's profile caps the batch; never hand it more.
         self.batch = min(config.batch, runner.max_batch or config.batch)
         self._committer = Committer(self.spool, runner, self.metrics, self._stop, self._fail, self._release,
-                                    config.disk_retry_s, config.disk_retry_max_s, config.write_queue)
+                                    config.disk_retry_s, config.disk_retry_max_s, config.write_queue,
+                                    thread_init=lambda: lower_thread_priority(config.host_nice))
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -162,6 +186,16 @@ class Daemon:
                 self._release(cand)
         return "handled"
 
+    def _take_ready(self, ready: list[Candidate]) -> list[str]:
+        """:meth:`_take` every ready entry, ``reader_threads`` at a time (decoders and hashing release the GIL).
+
+        Each reader blocks on the bounded queue once it holds a prepared tile, so at most ``queue_tiles`` +
+        ``reader_threads`` tiles are in memory ahead of inference, whatever the number of readers.
+        """
+        if self._read_pool is None or len(ready) < 2:
+            return [self._take(c) for c in ready]
+        return list(self._read_pool.map(self._take, ready))
+
     def _load_and_queue(self, cand: Candidate) -> bool:
         """Read, verify, prepare and plan an accepted tile and queue it; False when stopped meanwhile.
 
@@ -200,7 +234,7 @@ class Daemon:
                     with self._lock:
                         skip = set(self._names)
                     ready, pending = self.spool.poll(skip)
-                    waiting = sum(self._take(c) == "wait" for c in ready)
+                    waiting = sum(r == "wait" for r in self._take_ready(ready))
                 except Exception:  # noqa: BLE001 - e.g. the spool folder vanished; keep trying
                     log.exception("spool scan failed")
                     ready, pending, waiting = [], 1, 0
@@ -286,6 +320,11 @@ class Daemon:
                 self._release(item.candidate)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
+    def _host_thread(self, body: Any) -> None:
+        """Run a host stage (reader, writer) a little below the inference thread's priority."""
+        lower_thread_priority(self.config.host_nice)
+        body()
+
     def run(self) -> int:
         """Serve until stopped (or, with ``once``, until ``incoming/`` is drained); return the exit code."""
         restore = {}
@@ -308,8 +347,14 @@ class Daemon:
             log.info("serving", extra={"fields": {
                 "spool": str(self.spool.root), "runner": self.runner.describe(),
                 "temp_files_removed": removed, "metrics": self.metrics_address}})
-            writer = threading.Thread(target=self._committer.run, name="result-writer", daemon=True)
-            reader = threading.Thread(target=self._reader, name="tile-reader", daemon=True)
+            writer = threading.Thread(target=self._host_thread, args=(self._committer.run,), name="result-writer",
+                                      daemon=True)
+            reader = threading.Thread(target=self._host_thread, args=(self._reader,), name="tile-reader",
+                                      daemon=True)
+            if self.config.reader_threads > 1:
+                self._read_pool = ThreadPoolExecutor(self.config.reader_threads, thread_name_prefix="tile-read",
+                                                     initializer=lower_thread_priority,
+                                                     initargs=(self.config.host_nice,))
             writer.start()
             reader.start()
             backlog: deque = deque()
@@ -328,6 +373,8 @@ class Daemon:
                 except Exception:  # noqa: BLE001 - keep serving
                     log.exception("batch loop error")
             reader.join()
+            if self._read_pool is not None:
+                self._read_pool.shutdown()
             self._committer.close()  # after the last batch: the writer commits everything, then returns
             writer.join()
             if server is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -113,9 +114,27 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, sort_keys=True, allow_nan=False)
 
 
-def _labels(s: np.ndarray, above: np.ndarray, rounded: list[float], names: list[str]) -> str:
-    order = above[np.argsort(-s[above])].tolist()
-    return "[" + ", ".join(f'{{"name": {names[k]}, "score": {rounded[k]!r}}}' for k in order) + "]"
+@lru_cache(maxsize=16)
+def _class_keys(classes: tuple[str, ...]) -> tuple[list[str], list[int], list[str], str]:
+    """JSON-encoded class names, the order of ``scores`` keys (sorted names), their ``"<name>: "`` prefixes,
+    and a ``%`` template formatting one row of scores with :data:`SCORE_DIGITS` decimals, tab-separated."""
+    names = [json.dumps(c) for c in classes]
+    by_name = sorted(range(len(classes)), key=lambda k: classes[k])
+    return names, by_name, [names[k] + ": " for k in by_name], "\t".join([f"%.{SCORE_DIGITS}f"] * len(classes))
+
+
+def _rounded_reprs(row: list[float], template: str) -> list[str]:
+    """``repr(round(v, SCORE_DIGITS))`` of each value -- what ``json.dumps`` writes for the rounded score --
+    from one ``%`` format of the row: a correctly rounded fixed-point string is the shortest repr of the rounded
+    float once trailing zeros go, for values from 1e-4 up (below, repr switches to exponent notation)."""
+    out = (template % tuple(row)).split("\t")
+    for k, (text, v) in enumerate(zip(out, row, strict=True)):
+        if v < 1e-4:
+            out[k] = repr(round(v, SCORE_DIGITS))
+        else:
+            text = text.rstrip("0")
+            out[k] = text + "0" if text.endswith(".") else text
+    return out
 
 
 def encode_tile(
@@ -130,36 +149,47 @@ def encode_tile(
 ) -> tuple[bytes, bytes | None]:
     """``(to_jsonl(records), to_geojson(records))`` of :func:`tile_records`' records, without building them.
 
+    The parts every record of the tile shares are serialised once; per patch only its numbers are formatted
+    (as ``json.dumps`` formats them: ``repr`` of the rounded float).
+
     Raises:
         ValueError: a score is not finite (as ``json.dumps(..., allow_nan=False)`` would).
     """
     if not np.isfinite(scores).all():
         raise ValueError("Out of range float values are not JSON compliant: non-finite scores")
-    names = [json.dumps(c) for c in contract.classes]
-    by_name = sorted(range(len(names)), key=lambda k: contract.classes[k])
+    names, by_name, score_keys, template = _class_keys(tuple(contract.classes))
     above_all = scores >= np.asarray(contract.thresholds)
-    # Keys in sort_keys order around the per-patch parts; "extra" keys (model_hash, runner, ...) interleave.
     fixed = {"crs": None if geo is None else geo.crs, "tile": tile_id, **extra}
     keys = sorted([*fixed, "bounds", "head", "labels", "optical_invalid_fraction", "patch", "scores", "window"])
-    const = {k: _dumps(v) for k, v in fixed.items()}
+    # The record as alternating constant text and per-patch fields, in sort_keys order.
+    parts: list[str] = []
+    text = "{"
+    for i, k in enumerate(keys):
+        text += ("" if i == 0 else ", ") + f'"{k}": '
+        if k in fixed:
+            text += _dumps(fixed[k])
+        else:
+            parts += [text, k]
+            text = ""
+    parts.append(text + "}\n")
     lines, features = [], []
     for i, (win, head) in enumerate(zip(wins, heads, strict=True)):
         s = scores[i]
-        rounded = [round(v, SCORE_DIGITS) for v in s.tolist()]
+        values = _rounded_reprs(s.tolist(), template)
+        above = np.flatnonzero(above_all[i])
+        order = above[np.argsort(-s[above])].tolist()
         bounds = win.bounds(geo)
         bounds_r = None if bounds is None else [round(v, 6) for v in bounds]
-        labels = _labels(s, np.flatnonzero(above_all[i]), rounded, names)
-        values = {
-            "bounds": "null" if bounds_r is None else "[" + ", ".join(repr(v) for v in bounds_r) + "]",
+        fields = {
+            "bounds": "null" if bounds_r is None else "[" + ", ".join(map(repr, bounds_r)) + "]",
             "head": f'"{head}"',
-            "labels": labels,
+            "labels": "[" + ", ".join(f'{{"name": {names[k]}, "score": {values[k]}}}' for k in order) + "]",
             "optical_invalid_fraction": repr(round(float(optical_invalid[i]), 4)),
             "patch": str(i),
-            "scores": "{" + ", ".join(f"{names[k]}: {rounded[k]!r}" for k in by_name) + "}",
+            "scores": "{" + ", ".join(map(str.__add__, score_keys, [values[k] for k in by_name])) + "}",
             "window": f'{{"col": {win.col}, "height": {win.height}, "row": {win.row}, "width": {win.width}}}',
-            **const,
         }
-        lines.append("{" + ", ".join(f'"{k}": {values[k]}' for k in keys) + "}\n")
+        lines.append("".join(p if j % 2 == 0 else fields[p] for j, p in enumerate(parts)))
         if bounds_r is not None:
             x0, y0, x1, y1 = bounds_r
             features.append({
@@ -167,9 +197,9 @@ def encode_tile(
                 "geometry": {"type": "Polygon",
                              "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
                 "properties": {"tile": tile_id, "patch": i, "head": head,
-                               "labels": [contract.classes[k] for k in
-                                          np.flatnonzero(above_all[i])[np.argsort(-s[above_all[i]])].tolist()],
-                               "scores": dict(zip(contract.classes, rounded, strict=True)),
+                               "labels": [contract.classes[k] for k in order],
+                               "scores": {c: round(v, SCORE_DIGITS) for c, v in zip(contract.classes, s.tolist(),
+                                                                                     strict=True)},
                                "model_hash": extra.get("model_hash")},
             })
     geojson = None

@@ -57,10 +57,16 @@ class StageClock:
     ``with clock.iteration(): with clock.stage("read"): ...`` -- time spent in a stage several times within one
     iteration (e.g. reading each tile of a batch) is summed. Stages not entered count as 0 so every stage has
     one sample per iteration and the stage times of an iteration add up to (at most) its end-to-end time.
+
+    Args:
+        stages: Stage names.
+        timer: Nanosecond clock: wall time (``time.perf_counter_ns``, the default: latency) or the calling
+            thread's CPU time (``time.thread_time_ns``: host cost, blind to waits and to other processes).
     """
 
-    def __init__(self, stages: Sequence[str] = STAGES):
+    def __init__(self, stages: Sequence[str] = STAGES, timer: Callable[[], int] = time.perf_counter_ns):
         self.stages = tuple(stages)
+        self.timer = timer
         self.samples: dict[str, list[float]] = {s: [] for s in self.stages}
         self.end_to_end: list[float] = []
         self.extra: dict[str, list[float]] = {}
@@ -69,11 +75,11 @@ class StageClock:
     @contextlib.contextmanager
     def iteration(self) -> Iterator[None]:
         self._current = dict.fromkeys(self.stages, 0.0)
-        t0 = time.perf_counter_ns()
+        t0 = self.timer()
         try:
             yield
         finally:
-            total = (time.perf_counter_ns() - t0) / 1e6
+            total = (self.timer() - t0) / 1e6
             current, self._current = self._current, None
             for s in self.stages:
                 self.samples[s].append(current[s])
@@ -81,11 +87,11 @@ class StageClock:
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter_ns()
+        t0 = self.timer()
         try:
             yield
         finally:
-            self.add(name, (time.perf_counter_ns() - t0) / 1e6)
+            self.add(name, (self.timer() - t0) / 1e6)
 
     def add(self, name: str, ms: float) -> None:
         """Add ``ms`` to a stage of the current iteration (used to move runner-reported copy times)."""
@@ -180,11 +186,13 @@ def _rows(batch: Mapping[str, np.ndarray]) -> int:
 
 
 def measure_latency(pipeline: Pipeline, runner: Any, sources: Sequence[Any], batch: int, iterations: int,
-                    warmup: int, stages: Sequence[str] = STAGES, start: int = 0) -> dict[str, Any]:
+                    warmup: int, stages: Sequence[str] = STAGES, start: int = 0,
+                    timer: Callable[[], int] = time.perf_counter_ns) -> dict[str, Any]:
     """Synchronous per-batch latency: ``warmup`` untimed batches, then ``iterations`` timed ones.
 
     Args:
         start: Index of the first source (a later round continues where the previous one stopped).
+        timer: The :class:`StageClock` clock (``time.thread_time_ns`` measures host CPU instead of latency).
 
     Returns:
         ``StageClock.summary()`` plus ``batch``, ``iterations``, ``patches_per_batch``, the raw
@@ -197,7 +205,7 @@ def measure_latency(pipeline: Pipeline, runner: Any, sources: Sequence[Any], bat
     scratch = StageClock(stages)
     for i, srcs in enumerate(_batches(rotated, batch, warmup)):
         run_one(pipeline, runner, srcs, i, scratch)
-    clock = StageClock(stages)
+    clock = StageClock(stages, timer)
     patches = 0
     for i, srcs in enumerate(_batches(rotated, batch, iterations)):
         patches += run_one(pipeline, runner, srcs, warmup + i, clock)

@@ -268,7 +268,8 @@ def _cuda_visible() -> bool:
 
 
 def open_runner(model: str | Path, kind: str = "auto", precision: str | None = None, device: str = "auto",
-                threads: int | None = None, contract: Contract | None = None, **trt_options: Any) -> Runner:
+                threads: int | None = None, contract: Contract | None = None, spin: bool = False,
+                **trt_options: Any) -> Runner:
     """Build (not yet activate) the runner for an export directory or one ONNX/engine file.
 
     Args:
@@ -278,6 +279,7 @@ def open_runner(model: str | Path, kind: str = "auto", precision: str | None = N
         device: ONNX Runtime device, "auto" (CUDA EP when available), "cpu" or "cuda".
         threads: ONNX Runtime intra-op threads (None: :func:`usable_cores`).
         contract: Expected contract; checked against the artefact's (input form included).
+        spin: Let ONNX Runtime's threads spin between calls (see :class:`OnnxRuntimeRunner`).
         **trt_options: Passed to the TensorRT runner factory (``engine_dir``, ``max_batch``, ...); ignored
             when ``kind="auto"`` falls back to ONNX Runtime.
 
@@ -305,7 +307,7 @@ def open_runner(model: str | Path, kind: str = "auto", precision: str | None = N
     if contract is not None and manifest_contract is not None:
         contract.check_compatible(manifest_contract, what=str(model))
     return OnnxRuntimeRunner(path, contract or manifest_contract, device=device, threads=threads,
-                             precision=precision, model_hash=digest)
+                             precision=precision, model_hash=digest, spin=spin)
 
 
 def run_batched(runner: Runner, sar: np.ndarray, optical: np.ndarray, batch: int = 16

@@ -30,7 +30,7 @@ class _Folder:
         self.name = self.label.name
         self.files = {PurePosixPath(n).name: (n, d) for n, d in files.files if PurePosixPath(n).parent == rel_parent}
 
-    def band(self, band: str, what: str) -> tuple[str, bytes]:
+    def band(self, band: str, what: str) -> tuple[str, memoryview]:
         """The one file of ``band`` (``<folder>_<band>.tif``, else the only ``*_<band>.tif``/``.TIF``)."""
         exact = f"{self.name}_{band}.tif"
         if exact in self.files:

@@ -27,6 +27,7 @@ on those bytes, and ``.npz`` arrays stay views into them.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import uuid
@@ -133,7 +134,7 @@ class TileFiles:
     """
 
     path: Path
-    files: tuple[tuple[str, bytes], ...]
+    files: tuple[tuple[str, memoryview], ...]
 
     def sha256(self) -> str:
         """:func:`fingerprint` of the tile, from the bytes in memory (no second read)."""
@@ -148,10 +149,22 @@ class TileFiles:
         return sum(len(d) for _, d in self.files)
 
 
-def _read_file(path: Path) -> bytes:
-    """All bytes of one file in one read."""
-    with open(path, "rb", buffering=0) as fh:
-        return fh.readall()
+def _read_file(path: Path) -> memoryview:
+    """All bytes of one file, read straight into one buffer (no zero-filling, no growing; a symlink swapped in
+    after the folder was listed is refused by ``O_NOFOLLOW``)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        size = os.fstat(fd).st_size
+        view = memoryview(np.empty(size, np.uint8).data)
+        done = 0
+        while done < size:
+            n = os.readv(fd, [view[done:]])
+            if n == 0:
+                break  # the file shrank since fstat: decoding will find it truncated
+            done += n
+        return view[:done]
+    finally:
+        os.close(fd)
 
 
 def read_files(path: str | Path, limits: TileLimits = TileLimits()) -> TileFiles:
@@ -170,6 +183,10 @@ def read_files(path: str | Path, limits: TileLimits = TileLimits()) -> TileFiles
             files.append((name, _read_file(f)))
         except FileNotFoundError as exc:
             raise DataError(f"{path.name}: {name}: no such file (it disappeared while being read)") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DataError(f"{path.name}: {name} is a symlink (refused)") from exc
+            raise
     return TileFiles(path, tuple(files))
 
 
@@ -211,7 +228,7 @@ def check_arrays(sar: np.ndarray, optical: np.ndarray | None, name: str, limits:
         raise DataError(f"{name}: S1 size {sar.shape[1:]} and S2 size {optical.shape[1:]} differ")
 
 
-def _npz_tile(data: bytes, name: str, tile_id: str, limits: TileLimits) -> Tile:
+def _npz_tile(data: memoryview, name: str, tile_id: str, limits: TileLimits) -> Tile:
     arrays = parse_npz(data, name, limits.max_pixels)
     if "sar" not in arrays:
         raise DataError(f"{name}: no 'sar' array (has {sorted(arrays)})")
@@ -221,7 +238,8 @@ def _npz_tile(data: bytes, name: str, tile_id: str, limits: TileLimits) -> Tile:
     return Tile(tile_id, sar, optical, _geo_from_npz(arrays, name), cloudy, "npz")
 
 
-def _geotiff_pair(s1: tuple[str, bytes], s2: tuple[str, bytes] | None, tile_id: str, limits: TileLimits) -> Tile:
+def _geotiff_pair(s1: tuple[str, memoryview], s2: tuple[str, memoryview] | None, tile_id: str,
+                  limits: TileLimits) -> Tile:
     sar, g1 = decode_tiff(s1[1], f"{tile_id}/{s1[0]}", max_pixels=limits.max_pixels)
     optical, g2 = decode_tiff(s2[1], f"{tile_id}/{s2[0]}", limits.max_pixels) if s2 is not None else (None, None)
     check_arrays(sar, optical, tile_id, limits)

@@ -3,7 +3,8 @@
 ``np.savez`` writes a zip of uncompressed (stored) ``.npy`` members. :func:`parse_npz` reads the zip's central
 directory, checks every member's name, ``.npy`` header (shape, dtype: no Python objects), declared size
 against the limit and CRC, and returns each array as a read-only view into the file's bytes -- the one read of
-the file is the only copy. Archives it does not take in place (Deflate-compressed members from
+the file is the only copy. ``data`` is any bytes-like object (the readers hand over a memoryview of the buffer
+the file was read into). Archives it does not take in place (Deflate-compressed members from
 ``np.savez_compressed``, zip64 central directories, encryption) go through :mod:`zipfile` with the same checks
 before anything is decompressed.
 """
@@ -13,12 +14,12 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
-import zlib
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
+from mosaic_edge import fastzlib
 from mosaic_edge.errors import DataError
 
 NPZ_KEYS = frozenset({"sar", "optical", "cloudy", "transform", "crs"})
@@ -28,27 +29,29 @@ _EOCD, _EOCD64_LOCATOR, _CENTRAL, _LOCAL = b"PK\x05\x06", b"PK\x06\x07", b"PK\x0
 _CENTRAL_ENTRY = struct.Struct("<8xHH4xIIIHHH8xI")
 
 
-def _zip_members(data: bytes, name: str) -> list[tuple[str, int, int, int, int, int]] | None:
+def _zip_members(data: Any, name: str) -> list[tuple[str, int, int, int, int, int]] | None:
     """``(member, method, flags, crc, compressed size, offset of its data)`` from the central directory.
 
     None when the archive uses something left to :mod:`zipfile` (zip64 records, multiple disks).
     """
-    at = data.rfind(_EOCD, max(0, len(data) - 22 - 65535))
+    tail = max(0, len(data) - 22 - 65535)
+    at = bytes(data[tail:]).rfind(_EOCD)
+    at = at + tail if at >= 0 else at
     if at < 0 or at + 22 > len(data):
         raise DataError(f"{name}: unreadable .npz (not a zip archive)")
     disk, _cd_disk, _n_here, n, _size, cd_offset = struct.unpack_from("<HHHHII", data, at + 4)
-    if disk != 0 or cd_offset == 0xFFFFFFFF or (at >= 20 and data[at - 20:at - 16] == _EOCD64_LOCATOR):
+    if disk != 0 or cd_offset == 0xFFFFFFFF or (at >= 20 and bytes(data[at - 20:at - 16]) == _EOCD64_LOCATOR):
         return None
     members, pos = [], cd_offset
     for _ in range(n):
-        if data[pos:pos + 4] != _CENTRAL or pos + _CENTRAL_ENTRY.size > len(data):
+        if bytes(data[pos:pos + 4]) != _CENTRAL or pos + _CENTRAL_ENTRY.size > len(data):
             raise DataError(f"{name}: unreadable .npz (corrupt central directory)")
         flags, method, crc, csize, usize, nlen, xlen, clen, local = _CENTRAL_ENTRY.unpack_from(data, pos)
-        member = data[pos + 46:pos + 46 + nlen].decode("utf-8", "replace")
+        member = bytes(data[pos + 46:pos + 46 + nlen]).decode("utf-8", "replace")
         pos += 46 + nlen + xlen + clen
         if 0xFFFFFFFF in (csize, usize, local):
             return None
-        if data[local:local + 4] != _LOCAL or local + 30 > len(data):
+        if bytes(data[local:local + 4]) != _LOCAL or local + 30 > len(data):
             raise DataError(f"{name}: unreadable .npz (corrupt local header of {member})")
         lnlen, lxlen = struct.unpack_from("<HH", data, local + 26)
         members.append((member, method, flags, crc, csize, local + 30 + lnlen + lxlen))
@@ -71,7 +74,7 @@ def check_declared(shape: tuple[int, ...], dtype: np.dtype, key: str, name: str,
         raise DataError(f"{name}: array {key!r} declares shape {shape}, over the limit")
 
 
-def _npy_view(data: bytes, start: int, size: int, key: str, name: str, max_pixels: int) -> np.ndarray:
+def _npy_view(data: Any, start: int, size: int, key: str, name: str, max_pixels: int) -> np.ndarray:
     """The ``.npy`` array stored at ``data[start:start + size]``, as a read-only view (no copy)."""
     member = memoryview(data)[start:start + size]
     if size < 10 or bytes(member[:6]) != b"\x93NUMPY":
@@ -95,7 +98,7 @@ def _npy_view(data: bytes, start: int, size: int, key: str, name: str, max_pixel
     return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
-def parse_npz(data: bytes, name: str, max_pixels: int) -> dict[str, np.ndarray]:
+def parse_npz(data: Any, name: str, max_pixels: int) -> dict[str, np.ndarray]:
     """The arrays of an ``.npz`` file's bytes (names in :data:`NPZ_KEYS`; see the module docstring).
 
     Raises:
@@ -105,7 +108,7 @@ def parse_npz(data: bytes, name: str, max_pixels: int) -> dict[str, np.ndarray]:
         raise DataError(f"{name}: unreadable .npz (a {len(data)}-byte file is not a zip archive)")
     members = _zip_members(data, name)
     if members is None or any(method != 0 or flags & 1 for _, method, flags, *_ in members):
-        return _load_with_zipfile(io.BytesIO(data), name, max_pixels)
+        return _load_with_zipfile(io.BytesIO(bytes(data)), name, max_pixels)
     out: dict[str, np.ndarray] = {}
     for member, _method, _flags, crc, size, start in members:
         key = member.removesuffix(".npy")
@@ -114,7 +117,7 @@ def parse_npz(data: bytes, name: str, max_pixels: int) -> dict[str, np.ndarray]:
         if start + size > len(data):
             raise DataError(f"{name}: unreadable .npz (array {key!r} ends past the end of the file)")
         arr = _npy_view(data, start, size, key, name, max_pixels)
-        if zlib.crc32(memoryview(data)[start:start + size]) != crc:
+        if fastzlib.crc32(memoryview(data)[start:start + size]) != crc:
             raise DataError(f"{name}: unreadable .npz (array {key!r} fails its CRC check)")
         out[key] = arr
     return out

@@ -26,6 +26,7 @@ def serve(
     poll_s: float = typer.Option(1.0, "--poll-s", help="Rescan interval (inotify wakes earlier)."),
     stride: int = typer.Option(None, "--stride", help="Patch stride (default: patch size)."),
     threads: int = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads (default: usable cores)."),
+    readers: int = typer.Option(None, "--readers", help="Tiles read at once (default: half the cores, 1-4)."),
     engine_dir: Path = typer.Option(None, "--engine-dir", envvar="MOSAIC_EDGE_ENGINE_DIR",
                                     help="TensorRT engine cache (default ~/.cache/mosaic-edge/engines)."),
     once: bool = typer.Option(False, "--once", help="Process what is in incoming/ and exit."),
@@ -39,7 +40,7 @@ def serve(
     setup_logging(log_level)
     config = ServeConfig(batch=batch, max_wait_ms=max_wait_ms, settle_s=settle_s,
                          partner_timeout_s=partner_timeout_s, poll_s=poll_s, stride=stride, once=once,
-                         metrics_port=metrics_port, metrics_host=metrics_host)
+                         metrics_port=metrics_port, metrics_host=metrics_host, readers=readers)
     trt_options = {"engine_dir": engine_dir} if engine_dir and runner != "ort" else {}
     r = open_runner(model, kind=runner, precision=precision, threads=threads, **trt_options)
     raise typer.Exit(Daemon(r, spool, config).run())

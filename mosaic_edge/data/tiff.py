@@ -127,8 +127,8 @@ def read_tiff(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarra
     return decode_tiff(data, str(path), max_pixels)
 
 
-def decode_tiff(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, GeoInfo | None]:
-    """:func:`read_tiff` of a file's bytes already in memory (``name`` goes into error messages).
+def decode_tiff(data: Any, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, GeoInfo | None]:
+    """:func:`read_tiff` of a file's bytes already in memory (any bytes-like; ``name`` goes into messages).
 
     The common layouts are decoded by :mod:`mosaic_edge.data.tiff_fast`, everything else by tifffile.
     """
@@ -144,7 +144,7 @@ def decode_tiff(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> tuple[n
     except (struct.error, ValueError, IndexError, TypeError, OverflowError) as exc:
         raise DataError(f"{name}: unreadable TIFF ({type(exc).__name__}: {exc})") from exc
     try:
-        with tifffile.TiffFile(io.BytesIO(data), name=name) as tif:
+        with tifffile.TiffFile(io.BytesIO(bytes(data)), name=name) as tif:
             if not tif.series:
                 raise DataError(f"{name}: TIFF holds no image")
             series = tif.series[0]

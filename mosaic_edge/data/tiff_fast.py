@@ -2,10 +2,10 @@
 
 tifffile's generality costs ~0.1 ms of Python per file before any pixel is decoded; a BigEarthNet tile is 14
 files, and the runtime's host budget per tile is a few milliseconds. :func:`decode` handles the common case --
-one little-endian classic-TIFF image (one IFD), in strips, uncompressed or Deflate, no predictor, one sample
-format and bit depth, chunky or planar -- in ~10 us plus the inflate, and returns None for anything else, so
-the caller falls back to tifffile (:func:`mosaic_edge.data.tiff.decode_tiff`). Results are the arrays and tags
-tifffile gives for the same bytes (tested layout by layout).
+one little-endian classic-TIFF image (one IFD), in strips, uncompressed or Deflate (:mod:`mosaic_edge.fastzlib`),
+no predictor, one sample format and bit depth, chunky or planar -- in ~10 us plus the inflate, and returns None
+for anything else, so the caller falls back to tifffile (:func:`mosaic_edge.data.tiff.decode_tiff`). Results are
+the arrays and tags tifffile gives for the same bytes (tested layout by layout).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from mosaic_edge import fastzlib
 from mosaic_edge.errors import DataError
 
 _TYPES: dict[int, tuple[str, int]] = {  # TIFF field type -> (struct code, size)
@@ -30,7 +31,7 @@ _NONE, _DEFLATE, _DEFLATE_OLD = 1, 8, 32946
 _KIND = {1: "u", 2: "i", 3: "f"}
 
 
-def _value(data: bytes, typ: int, count: int, where: int) -> Any:
+def _value(data: Any, typ: int, count: int, where: int) -> Any:
     code, size = _TYPES[typ]
     if typ == 2:
         return bytes(data[where:where + count]).split(b"\0", 1)[0].decode("latin-1")
@@ -41,9 +42,9 @@ def _value(data: bytes, typ: int, count: int, where: int) -> Any:
     return values[0] if count == 1 else values
 
 
-def read_tags(data: bytes) -> dict[int, Any] | None:
+def read_tags(data: Any) -> dict[int, Any] | None:
     """Tags of the only IFD of a little-endian classic TIFF; None for other files (the caller falls back)."""
-    if len(data) < 8 or data[:4] != b"II*\0":
+    if len(data) < 8 or bytes(data[:4]) != b"II*\0":
         return None
     (ifd,) = struct.unpack_from("<I", data, 4)
     if ifd + 2 > len(data):
@@ -71,7 +72,7 @@ def _ints(value: Any) -> tuple[int, ...]:
     return tuple(value) if isinstance(value, tuple) else (value,)
 
 
-def decode(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, dict[int, Any]] | None:
+def decode(data: Any, name: str, max_pixels: int) -> tuple[np.ndarray, dict[int, Any]] | None:
     """Pixels and tags of a TIFF in the layouts this module handles, or None (use tifffile).
 
     Returns:
@@ -121,8 +122,7 @@ def decode(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, dict[in
         chunk = data[offset:offset + count]
         if compression != _NONE:
             try:
-                inflater = zlib.decompressobj()
-                chunk = inflater.decompress(chunk, want)
+                chunk = fastzlib.inflate(chunk, want)
             except zlib.error as exc:
                 raise DataError(f"{name}: unreadable TIFF (corrupt Deflate strip {k}: {exc})") from exc
         if len(chunk) < want:

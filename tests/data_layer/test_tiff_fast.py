@@ -111,3 +111,22 @@ def test_bad_bytes_are_data_errors(tmp_path):
         decode_tiff(bytes(broken), "corrupt.tif")
     with pytest.raises(DataError, match="empty"):
         decode_tiff(b"", "empty.tif")
+
+
+@pytest.mark.parametrize("libdeflate", [True, False])
+def test_inflate_and_crc_agree_with_zlib_with_and_without_libdeflate(monkeypatch, libdeflate):
+    import zlib
+
+    from mosaic_edge import fastzlib
+
+    if not libdeflate:
+        monkeypatch.setattr(fastzlib, "_libdeflate", None)
+    elif fastzlib._libdeflate is None:
+        pytest.skip("libdeflate (the 'deflate' package) is not installed")
+    payload = RNG.integers(0, 40, 5000).astype(np.uint8).tobytes()
+    stream = zlib.compress(payload)
+    assert bytes(fastzlib.inflate(stream, len(payload))) == payload
+    assert bytes(fastzlib.inflate(memoryview(stream), 100)) == payload[:100]  # only what was asked for
+    assert fastzlib.crc32(memoryview(payload)) == zlib.crc32(payload)
+    with pytest.raises(zlib.error):
+        fastzlib.inflate(stream[:10] + b"\xff" * 20 + stream[30:], len(payload))

@@ -136,7 +136,8 @@ def _wait(pred, timeout=30.0):
         time.sleep(0.05)
 
 
-def test_bad_tiles_fail_with_reasons_while_serving(tmp_path, tiny_onnx, monkeypatch):
+@pytest.mark.parametrize("readers", [1, 3])
+def test_bad_tiles_fail_with_reasons_while_serving(tmp_path, tiny_onnx, monkeypatch, readers):
     spool = tmp_path / "spool"
     inc = spool / "incoming"
     inc.mkdir(parents=True)
@@ -148,7 +149,7 @@ def test_bad_tiles_fail_with_reasons_while_serving(tmp_path, tiny_onnx, monkeypa
         return real_read(path, *a, **kw)
 
     monkeypatch.setattr(tiles_mod, "_read_file", vanishing_read)
-    cfg = ServeConfig(settle_s=0.2, poll_s=0.05, max_wait_ms=5, partner_timeout_s=0.5)
+    cfg = ServeConfig(settle_s=0.2, poll_s=0.05, max_wait_ms=5, partner_timeout_s=0.5, readers=readers)
     daemon = Daemon(open_runner(tiny_onnx, kind="ort", threads=1), spool, cfg)
     thread = threading.Thread(target=daemon.run)
     thread.start()

@@ -293,3 +293,68 @@ def test_new_tiles_are_noticed_with_inotify_or_polling(tmp_path, tiny_onnx, monk
         daemon.stop()
         thread.join(30)
     assert set(read_results(spool)) == {"late", "marked"}
+
+
+def test_raw_and_standardised_exports_of_one_model_give_the_same_results(tmp_path, real_tiny_export, benv2_root):
+    """The host hands each artefact the form its contract names; a raw export answers like the standardised one."""
+    import shutil
+
+    from mosaic_edge.export.raw_inputs import standardised_names
+    from mosaic_edge.manifest import Manifest
+
+    std = tmp_path / "std"
+    shutil.copytree(real_tiny_export, std)
+    manifest = Manifest.load(std)
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(std / "model.onnx"))  # strip the prologue: the graph as export checked it
+    inner = standardised_names(manifest.contract)
+    keep = [n for n in proto.graph.node if not n.name.startswith("raw_inputs/")]
+    for node in keep:
+        for i, name in enumerate(node.input):
+            node.input[i] = next((k for k, v in inner.items() if v == name), name)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    from mosaic_edge.export.onnx_export import set_contract_metadata
+
+    set_contract_metadata(proto, manifest.contract.replace(input_form="standardised"))
+    onnx.save(proto, str(std / "model.onnx"))
+    Manifest.create(manifest.contract.replace(input_form="standardised"), std).with_artefact(
+        "model.onnx", "fp32", "any").save()
+    results = {}
+    for name, model in (("raw", real_tiny_export), ("std", std)):
+        spool = tmp_path / f"spool-{name}"
+        copy_benv2_tile(benv2_root, 3, spool / "incoming" / "real")
+        sar, opt = raw_tile(48, 48, 9)
+        sar[0, 5, 5] = np.nan
+        opt[:, 7, 7] = 0
+        from mosaic_edge.tile_format import write_tile
+
+        write_tile(spool / "incoming" / "syn.npz", sar, opt)
+        serve_once(model, spool, batch=7, readers=2)
+        results[name] = read_results(spool)
+    for tile in ("real", "syn"):
+        raw = np.array([[r["scores"][c] for c in sorted(r["scores"])] for r in results["raw"][tile]])
+        ref = np.array([[r["scores"][c] for c in sorted(r["scores"])] for r in results["std"][tile]])
+        np.testing.assert_allclose(raw, ref, atol=2e-6)
+        assert [r["head"] for r in results["raw"][tile]] == [r["head"] for r in results["std"][tile]]
+
+
+def test_host_threads_yield_to_inference(tmp_path, tiny_onnx):
+    import threading
+
+    from mosaic_edge.edge_runtime.daemon import lower_thread_priority
+
+    if not hasattr(os, "setpriority"):
+        pytest.skip("no per-thread priorities here")
+    seen = {}
+
+    def body():
+        before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        lower_thread_priority(3)
+        seen["delta"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) - before
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert seen["delta"] == 3 or os.getpriority(os.PRIO_PROCESS, 0) + 3 > 19  # capped at the lowest priority
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == os.getpriority(os.PRIO_PROCESS, 0)

@@ -226,3 +226,28 @@ def test_band_folder_matches_the_training_reader(tmp_path, benv2_root):
     (flat / next(flat.glob("*_B03.tif")).name).unlink()
     with pytest.raises(DataError, match="S2 band B03 missing"):
         read_tile(flat)
+
+
+@pytest.mark.parametrize("geo", [None, (10.0, 0.0, 500000.0, 0.0, -10.0, 5800000.0)])
+def test_encoded_tile_is_byte_for_byte_json_dumps_of_the_records(contract, geo):
+    from mosaic_edge.data.tiff import GeoInfo
+
+    rng = np.random.default_rng(1)
+    c = contract.replace(classes=("Zürich ünique", *contract.classes[1:]))  # non-ASCII names are escaped
+    wins = patching.windows(40, 56, 16)
+    logits = rng.normal(0, 6, (len(wins), c.num_classes))
+    logits[0, :4] = [-30.0, -9.3, 12.0, 0.0]  # scores below 1e-4 print in exponent notation; 1.0; exactly 0.5
+    logits[1] = 0.7  # ties among the labels
+    scores = sigmoid(logits)
+    heads = postprocess.choose_heads(rng.random(len(wins)), 0.5)
+    inv = rng.random(len(wins))
+    g = None if geo is None else GeoInfo(geo, "EPSG:32633")
+    extra = {"model_hash": "h" * 64, "runner": "ort", "precision": "int8", "input_sha256": "s" * 64,
+             "timings_ms": {"read": 0.123, "verify": 0.2, "queue": 1.0}}
+    records = postprocess.tile_records("T-1", wins, heads, scores, c, g, inv, extra)
+    jsonl, geojson = postprocess.encode_tile("T-1", wins, heads, scores, c, g, inv, extra)
+    assert jsonl == postprocess.to_jsonl(records)
+    assert geojson == postprocess.to_geojson(records)
+    assert (geojson is None) == (geo is None)
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        postprocess.encode_tile("T-1", wins, heads, scores * np.nan, c, g, inv, extra)
