@@ -7,7 +7,7 @@ In each of ``--rounds`` rounds (bare and daemon alternate, so drift in a shared 
 sides alike):
 
 1. Writes ``--tiles / --rounds`` synthetic ``.npz`` tiles of ``--tile-size`` px (S1 float32 dB, S2 uint16)
-   into a fresh spool's ``incoming/``.
+   into a fresh spool's ``incoming/`` (``--format geotiff`` / ``benv2``: 120 px folder tiles instead).
 2. Records the windows the daemon hands its runner: the same daemon code drains a copy of the spool with
    ``null_runner.NullRunner(record=True)`` (the runner's contract, so the windows are in its input form).
 3. Bare runner: those windows, ``--batch`` at a time, through ``runner.infer`` only -- the same runner object
@@ -65,10 +65,15 @@ def resolve_model(model: str | None, arch: str, scratch: Path, input_form: str =
     return demo_export(scratch / f"demo-{arch}", arch, input_form=input_form)
 
 
-def fill_spool(spool_root: Path, size: int, n: int, seed: int = 0) -> list[Path]:
-    """``n`` synthetic ``size`` px tiles in ``spool_root/incoming``."""
+def fill_spool(spool_root: Path, size: int, n: int, seed: int = 0, kind: str = "npz") -> list[Path]:
+    """``n`` synthetic ``size`` px ``.npz`` tiles in ``spool_root/incoming`` (other formats: ``host_cost``'s
+    120 px tiles)."""
     from mosaic_edge.tile_format import write_tile
 
+    if kind != "npz":
+        from host_cost import write_format
+
+        return write_format(kind, spool_root / "incoming", n, seed)
     rng = np.random.default_rng(seed)
     incoming = spool_root / "incoming"
     return [write_tile(incoming / f"t{seed:02d}-{i:05d}.npz", rng.normal(-15.0, 5.0, (2, size, size)).astype(
@@ -125,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", help="export directory or .onnx (default: demo export of --arch)")
     ap.add_argument("--arch", default="resnet18", help="encoder of the demo export")
     ap.add_argument("--input-form", default="raw", help="of the demo export: raw or standardised")
-    ap.add_argument("--tile-size", type=int, default=120, help="tile side in pixels")
+    ap.add_argument("--tile-size", type=int, default=120, help="tile side in pixels (.npz tiles)")
+    ap.add_argument("--format", default="npz", help="npz, geotiff or benv2 (host_cost.py's tile formats)")
     ap.add_argument("--tiles", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-wait-ms", type=float, default=5.0)
@@ -150,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         with spinning:
             for r in range(args.rounds):
                 spool = scratch / f"spool-{r}"
-                fill_spool(spool, args.tile_size, per_round, seed=r)
+                fill_spool(spool, args.tile_size, per_round, seed=r, kind=args.format)
                 windows = recorded_windows(runner.contract, spool, scratch, args.batch, args.max_wait_ms)
                 runner.activate()  # the daemon deactivates its runner when it exits
                 bare = bare_runner_rate(runner, windows, args.batch, per_round)
@@ -167,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         best = max(total["bare"], total["bare_spin"])
         result = {"model": str(args.model or f"demo {args.arch} ({args.input_form})"),
                   "artefact_sha256": runner.model_hash, "input_form": runner.contract.input_form,
-                  "tile_size": args.tile_size,
+                  "tile_size": args.tile_size, "format": args.format,
                   "windows_per_tile": rounds[0]["bare"]["windows"] / rounds[0]["bare"]["tiles"],
                   "batch": args.batch, "threads": runner.threads, "serve": serve, "tiles": per_round * args.rounds,
                   "rounds": rounds, "tiles_s": total, "ratio_of_totals": total["daemon"] / best,

@@ -53,19 +53,16 @@ class Committer:
         release: ``release(candidate)`` marks a tile as no longer in flight.
         retry_s / retry_max_s: First and longest pause between disk-full retries.
         depth: Batches that may wait for the writer before :meth:`put` blocks.
-        thread_init: Run first by each writing thread (the daemon lowers their priority).
     """
 
     def __init__(self, spool: Spool, runner: Runner, metrics: Metrics, stop: threading.Event,
                  fail: Callable[[str, str, str], None], release: Callable[[Any], None],
-                 retry_s: float = 1.0, retry_max_s: float = 30.0, depth: int = 4,
-                 thread_init: Callable[[], None] | None = None):
+                 retry_s: float = 1.0, retry_max_s: float = 30.0, depth: int = 4):
         self.spool, self.runner, self.metrics, self.stop = spool, runner, metrics, stop
         self.fail, self.release = fail, release
         self.retry_s, self.retry_max_s = retry_s, retry_max_s
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="result-write",  # threads on demand
-                                        initializer=thread_init)
+        self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="result-write")  # threads on demand
 
     def put(self, jobs: list[InFlight]) -> None:
         """Hand finished jobs over; blocks while ``depth`` batches are already waiting (back-pressure)."""

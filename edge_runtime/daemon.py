@@ -10,9 +10,7 @@
 * writer (:class:`~mosaic_edge.edge_runtime.commit.Committer`): writes results atomically, then moves inputs
   to ``done/``, a group of tiles per directory fsync, so inference never waits on the disk.
 
-A full queue blocks the stage before it, so a slow disk slows reading instead of filling memory. The reader and
-writer threads run ``host_nice`` steps below the inference thread's priority where the OS allows it, so on a
-busy CPU the host work yields to inference rather than stalling the engine. A bad tile
+A full queue blocks the stage before it, so a slow disk slows reading instead of filling memory. A bad tile
 goes to ``failed/`` with a one-line reason and the daemon carries on. A full output disk pauses the writer and
 retries with back-off; nothing is moved before its results are on disk. SIGTERM/SIGINT: stop taking tiles,
 finish and commit what is queued, exit 0.
@@ -20,7 +18,6 @@ finish and commit what is queued, exit 0.
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import threading
@@ -83,7 +80,6 @@ class ServeConfig:
     disk_retry_max_s: float = 30.0
     inotify: bool = True
     readers: int | None = None
-    host_nice: int = 0
 
     @property
     def reader_threads(self) -> int:
@@ -94,17 +90,6 @@ class ServeConfig:
         if (self.batch < 1 or self.max_wait_ms < 0 or self.settle_s < 0 or self.queue_tiles < 1
                 or self.write_queue < 1 or (self.readers is not None and self.readers < 1)):
             raise UserError("batch, queue sizes and readers must be >= 1; max-wait and settle times >= 0")
-
-
-def lower_thread_priority(steps: int) -> None:
-    """Raise the calling thread's nice value by ``steps`` (Linux threads have their own); a no-op elsewhere."""
-    if steps <= 0 or not hasattr(os, "setpriority"):
-        return
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + steps)
-    except OSError:
-        pass
 
 
 class Daemon:
@@ -127,8 +112,7 @@ class Daemon:
         # A TensorRT engine's profile caps the batch; never hand it more.
         self.batch = min(config.batch, runner.max_batch or config.batch)
         self._committer = Committer(self.spool, runner, self.metrics, self._stop, self._fail, self._release,
-                                    config.disk_retry_s, config.disk_retry_max_s, config.write_queue,
-                                    thread_init=lambda: lower_thread_priority(config.host_nice))
+                                    config.disk_retry_s, config.disk_retry_max_s, config.write_queue)
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -320,11 +304,6 @@ class Daemon:
                 self._release(item.candidate)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
-    def _host_thread(self, body: Any) -> None:
-        """Run a host stage (reader, writer) a little below the inference thread's priority."""
-        lower_thread_priority(self.config.host_nice)
-        body()
-
     def run(self) -> int:
         """Serve until stopped (or, with ``once``, until ``incoming/`` is drained); return the exit code."""
         restore = {}
@@ -347,14 +326,10 @@ class Daemon:
             log.info("serving", extra={"fields": {
                 "spool": str(self.spool.root), "runner": self.runner.describe(),
                 "temp_files_removed": removed, "metrics": self.metrics_address}})
-            writer = threading.Thread(target=self._host_thread, args=(self._committer.run,), name="result-writer",
-                                      daemon=True)
-            reader = threading.Thread(target=self._host_thread, args=(self._reader,), name="tile-reader",
-                                      daemon=True)
+            writer = threading.Thread(target=self._committer.run, name="result-writer", daemon=True)
+            reader = threading.Thread(target=self._reader, name="tile-reader", daemon=True)
             if self.config.reader_threads > 1:
-                self._read_pool = ThreadPoolExecutor(self.config.reader_threads, thread_name_prefix="tile-read",
-                                                     initializer=lower_thread_priority,
-                                                     initargs=(self.config.host_nice,))
+                self._read_pool = ThreadPoolExecutor(self.config.reader_threads, thread_name_prefix="tile-read")
             writer.start()
             reader.start()
             backlog: deque = deque()

@@ -9,7 +9,6 @@ two to the same arrays.
 
 from __future__ import annotations
 
-from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,13 +21,23 @@ if TYPE_CHECKING:
     from mosaic_edge.tile_format import Tile, TileFiles, TileLimits
 
 
+def _split(rel: str) -> tuple[str, str]:
+    """``(folder, file name)`` of a path relative to the tile (folder "" for the tile folder itself)."""
+    folder, _, name = rel.rpartition("/")
+    return folder, name
+
+
+def _stem(name: str) -> str:
+    return name.rpartition(".")[0] if "." in name else name
+
+
 class _Folder:
     """The files of one sub-folder of a tile (or of the tile folder itself, for a flat tile)."""
 
-    def __init__(self, files: TileFiles, rel_parent: PurePosixPath):
-        self.label = files.path / rel_parent if str(rel_parent) != "." else files.path
+    def __init__(self, files: TileFiles, folder: str):
+        self.label = files.path / folder if folder else files.path
         self.name = self.label.name
-        self.files = {PurePosixPath(n).name: (n, d) for n, d in files.files if PurePosixPath(n).parent == rel_parent}
+        self.files = {name: (rel, d) for rel, d in files.files for f, name in [_split(rel)] if f == folder}
 
     def band(self, band: str, what: str) -> tuple[str, memoryview]:
         """The one file of ``band`` (``<folder>_<band>.tif``, else the only ``*_<band>.tif``/``.TIF``)."""
@@ -45,7 +54,7 @@ class _Folder:
     def read(self, band: str, what: str, shape: tuple[int, int] | None, kinds: str,
              max_pixels: int) -> tuple[np.ndarray, Any]:
         rel, data = self.band(band, what)
-        label = self.label / PurePosixPath(rel).name
+        label = self.label / _split(rel)[1]
         arr, geo = decode_tiff(data, str(label), max_pixels)
         if arr.ndim != 2:
             raise DataError(f"{label}: expected one band, got an array of shape {arr.shape}")
@@ -65,9 +74,9 @@ def decode_band_tile(files: TileFiles, tile_id: str, limits: TileLimits, allow_s
     """
     from mosaic_edge.tile_format import MissingPartnerError, Tile, check_arrays
 
-    names = [PurePosixPath(n) for n, _ in files.files]
-    vv = [n for n in names if n.stem.upper().endswith("_VV")]
-    b02 = [n for n in names if n.stem.upper().endswith("_B02")]
+    names = [n for n, _ in files.files]
+    vv = [n for n in names if _stem(_split(n)[1]).upper().endswith("_VV")]
+    b02 = [n for n in names if _stem(_split(n)[1]).upper().endswith("_B02")]
     if not vv and not b02:
         raise DataError(f"{tile_id}: no tile files (.npz, s1.tif+s2.tif, or per-band *_VV.tif/*_B02.tif)")
     if len(vv) > 1 or len(b02) > 1:
@@ -81,16 +90,16 @@ def decode_band_tile(files: TileFiles, tile_id: str, limits: TileLimits, allow_s
         data = dict(files.files)
         sar = {}
         for band in S1_BANDS:
-            match = [n for n in names if n.stem.upper().endswith(f"_{band}")]
+            match = [n for n in names if _stem(_split(n)[1]).upper().endswith(f"_{band}")]
             if len(match) != 1:
                 raise DataError(f"{tile_id}: S1 band {band} missing or ambiguous")
-            sar[band], _ = decode_tiff(data[str(match[0])], f"{tile_id}/{match[0]}", max_pixels)
+            sar[band], _ = decode_tiff(data[match[0]], f"{tile_id}/{match[0]}", max_pixels)
         if sar["VV"].shape != sar["VH"].shape:
             raise DataError(f"{tile_id}: S1 bands VV and VH differ in size")
         arr = np.stack([sar["VV"], sar["VH"]])
         check_arrays(arr, None, tile_id, limits)
         return Tile(tile_id, arr, None, None, False, "benv2")
-    s1, s2 = _Folder(files, vv[0].parent), _Folder(files, b02[0].parent)
+    s1, s2 = _Folder(files, _split(vv[0])[0]), _Folder(files, _split(b02[0])[0])
     ref, geo = s2.read("B02", "S2", None, "uif", max_pixels)
     if ref.shape[0] % 6 or ref.shape[1] % 6:
         raise DataError(f"{s2.label}: B02 has shape {ref.shape}; expected a 2-D grid divisible by 6 (60 m)")

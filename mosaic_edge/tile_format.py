@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import stat
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -83,27 +84,37 @@ class Tile:
     kind: str
 
 
-def _files(path: Path, limits: TileLimits) -> list[Path]:
-    """Regular files of a tile (the file itself or a folder up to one level deep); refuses symlinks."""
+def _files(path: Path, limits: TileLimits) -> list[tuple[str, str]]:
+    """``(name relative to the tile, path)`` of a tile's regular files -- the file itself, or a folder's files
+    up to one level deep -- in :func:`fingerprint`'s order; refuses symlinks and anything not a regular file."""
     if path.is_symlink():
         raise DataError(f"{path.name}: is a symlink (refused)")
     if path.is_file():
-        return [path]
+        return [(path.name, str(path))]
     if not path.is_dir():
         raise DataError(f"{path.name}: disappeared or is not a file or folder")
-    out = []
-    for root, dirs, files in os.walk(path, followlinks=False):
-        depth = len(Path(root).relative_to(path).parts)
-        for name in dirs + files:
-            p = Path(root) / name
-            if p.is_symlink():
-                raise DataError(f"{path.name}: {p.relative_to(path)} is a symlink (refused)")
-        if depth >= 1 and dirs:
-            raise DataError(f"{path.name}: folders nested deeper than one level")
-        out += [Path(root) / f for f in files]
-        if len(out) > limits.max_files:
-            raise DataError(f"{path.name}: more than {limits.max_files} files")
-    return sorted(out)
+    out: list[tuple[str, str]] = []
+
+    def add(entry: os.DirEntry, rel: str, depth: int) -> None:
+        if entry.is_symlink():
+            raise DataError(f"{path.name}: {rel} is a symlink (refused)")
+        if entry.is_dir(follow_symlinks=False):
+            if depth >= 1:
+                raise DataError(f"{path.name}: folders nested deeper than one level")
+            with os.scandir(entry.path) as sub:
+                for child in sub:
+                    add(child, f"{rel}/{child.name}", depth + 1)
+        elif entry.is_file(follow_symlinks=False):
+            out.append((rel, entry.path))
+            if len(out) > limits.max_files:
+                raise DataError(f"{path.name}: more than {limits.max_files} files")
+        else:
+            raise DataError(f"{path.name}: {rel} is not a regular file (refused)")
+
+    with os.scandir(path) as entries:
+        for entry in entries:
+            add(entry, entry.name, 0)
+    return sorted(out, key=lambda item: item[0].split("/"))
 
 
 def fingerprint(path: Path) -> str:
@@ -112,16 +123,12 @@ def fingerprint(path: Path) -> str:
     The same digest as :meth:`TileFiles.sha256` of the tile's files read by :func:`read_files`.
     """
     h = hashlib.sha256()
-    for f in _files(path, TileLimits(max_files=10_000)):
-        h.update(_relative(path, f).encode() + b"\0")
+    for name, f in _files(path, TileLimits(max_files=10_000)):
+        h.update(name.encode() + b"\0")
         with open(f, "rb") as fh:
             while block := fh.read(1 << 20):
                 h.update(block)
     return h.hexdigest()
-
-
-def _relative(path: Path, f: Path) -> str:
-    return str(f.relative_to(path) if f != path else f.name)
 
 
 @dataclass(frozen=True)
@@ -149,12 +156,22 @@ class TileFiles:
         return sum(len(d) for _, d in self.files)
 
 
-def _read_file(path: Path) -> memoryview:
-    """All bytes of one file, read straight into one buffer (no zero-filling, no growing; a symlink swapped in
-    after the folder was listed is refused by ``O_NOFOLLOW``)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+def _read_file(path: str | Path, max_bytes: int | None = None) -> memoryview:
+    """All bytes of one file, read straight into one buffer (no zero-filling, no growing). A symlink or a FIFO
+    swapped in after the folder was listed is refused (``O_NOFOLLOW``; ``O_NONBLOCK`` + a regular-file check).
+
+    Raises:
+        DataError: not a regular file, or larger than ``max_bytes``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{Path(path).name}: not a regular file (refused)")
+        size = st.st_size
+        if max_bytes is not None and size > max_bytes:
+            raise DataError(f"{Path(path).name}: larger than {max_bytes} bytes")
         view = memoryview(np.empty(size, np.uint8).data)
         done = 0
         while done < size:
@@ -175,12 +192,9 @@ def read_files(path: str | Path, limits: TileLimits = TileLimits()) -> TileFiles
     """
     path = Path(path)
     files = []
-    for f in _files(path, limits):
-        name = _relative(path, f)
+    for name, f in _files(path, limits):
         try:
-            if f.stat().st_size > limits.max_file_bytes:
-                raise DataError(f"{path.name}: {name} is larger than {limits.max_file_bytes} bytes")
-            files.append((name, _read_file(f)))
+            files.append((name, _read_file(f, limits.max_file_bytes)))
         except FileNotFoundError as exc:
             raise DataError(f"{path.name}: {name}: no such file (it disappeared while being read)") from exc
         except OSError as exc:

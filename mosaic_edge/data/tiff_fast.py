@@ -28,6 +28,10 @@ _WIDTH, _LENGTH, _BITS, _COMPRESSION, _DESCRIPTION = 256, 257, 258, 259, 270
 _STRIP_OFFSETS, _SAMPLES, _ROWS_PER_STRIP, _STRIP_COUNTS, _PLANAR = 273, 277, 278, 279, 284
 _PREDICTOR, _TILE_WIDTH, _SAMPLE_FORMAT, _PHOTOMETRIC = 317, 322, 339, 262
 _NONE, _DEFLATE, _DEFLATE_OLD = 1, 8, 32946
+# Tags read into values: the layout tags above and the GeoTIFF tags (mosaic_edge.data.tiff); others are skipped.
+_WANTED = frozenset({_WIDTH, _LENGTH, _BITS, _COMPRESSION, _DESCRIPTION, _STRIP_OFFSETS, _SAMPLES, _ROWS_PER_STRIP,
+                     _STRIP_COUNTS, _PLANAR, _PREDICTOR, _TILE_WIDTH, _SAMPLE_FORMAT, _PHOTOMETRIC, 33550, 33922,
+                     34264, 34735})
 _KIND = {1: "u", 2: "i", 3: "f"}
 
 
@@ -43,7 +47,8 @@ def _value(data: Any, typ: int, count: int, where: int) -> Any:
 
 
 def read_tags(data: Any) -> dict[int, Any] | None:
-    """Tags of the only IFD of a little-endian classic TIFF; None for other files (the caller falls back)."""
+    """The layout and GeoTIFF tags of the only IFD of a little-endian classic TIFF; None for other files (the
+    caller falls back)."""
     if len(data) < 8 or bytes(data[:4]) != b"II*\0":
         return None
     (ifd,) = struct.unpack_from("<I", data, 4)
@@ -56,6 +61,8 @@ def read_tags(data: Any) -> dict[int, Any] | None:
     tags: dict[int, Any] = {}
     for k in range(n):
         tag, typ, count = struct.unpack_from("<HHI", data, ifd + 2 + 12 * k)
+        if tag not in _WANTED:
+            continue
         if typ not in _TYPES:
             return None
         size = _TYPES[typ][1] * count

@@ -164,15 +164,52 @@ def test_one_read_gives_the_fingerprint_and_the_same_arrays(tmp_path, benv2_root
 
     tiles = [write_npz_tile(tmp_path / "a.npz", 20, 30, seed=3, transform=(10, 0, 5, 0, -10, 7), crs="EPSG:1"),
              write_geotiff_tile(tmp_path / "g", 40, 40, seed=1), copy_benv2_tile(benv2_root, 2, tmp_path / "b")]
+    (tiles[2] / "a-b").write_bytes(b"x")  # '-' sorts before '/' as text, not as a path part
+    (tiles[2] / "a").mkdir()
+    (tiles[2] / "a" / "b").write_bytes(b"y")
     for path in tiles:
         files = read_files(path)
-        assert files.sha256() == fingerprint(path)
+        assert files.sha256() == fingerprint(path) == _reference_fingerprint(path)
     arrays = load_npz(tiles[0], TileLimits())
     with np.load(tiles[0], allow_pickle=False) as ref:
         assert sorted(arrays) == sorted(ref.files)
         for key in ref.files:
             np.testing.assert_array_equal(arrays[key], ref[key])
             assert arrays[key].dtype == ref[key].dtype
+
+
+def _reference_fingerprint(path):
+    """The tile identity as defined from the start: names relative to the tile, files in path order."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    files = sorted(Path(r) / f for r, _, fs in os.walk(path) for f in fs) if path.is_dir() else [path]
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def test_tile_folders_refuse_fifos_deep_nesting_and_too_many_files(tmp_path):
+    import os
+
+    from mosaic_edge.tile_format import read_files
+
+    fifo = write_geotiff_tile(tmp_path / "f")
+    os.mkfifo(fifo / "pipe")
+    with pytest.raises(DataError, match="pipe is not a regular file"):
+        read_files(fifo)  # and does not block waiting for a writer
+    deep = write_geotiff_tile(tmp_path / "d")
+    (deep / "x" / "y").mkdir(parents=True)
+    with pytest.raises(DataError, match="nested deeper"):
+        read_files(deep)
+    many = write_geotiff_tile(tmp_path / "m")
+    for i in range(5):
+        (many / f"extra{i}").write_bytes(b"")
+    with pytest.raises(DataError, match="more than 4 files"):
+        read_files(many, TileLimits(max_files=4))
 
 
 @pytest.mark.parametrize("writer", ["savez", "savez_compressed", "fortran"])
