@@ -64,10 +64,12 @@ def _fill_nonfinite(x: np.ndarray, mean: tuple[float, ...]) -> tuple[np.ndarray,
 def _nodata(optical: np.ndarray) -> np.ndarray | None:
     """Pixels whose 12 bands are all 0 (L2A no-data), None when there are none."""
     if optical.dtype.kind == "u":
-        if optical.min() > 0:
+        if optical.min() > 0:  # no zero anywhere (the usual case): no pixel can be no-data
             return None
         mask = optical.max(axis=0) == 0
     else:
+        if optical.all():
+            return None
         mask = np.all(optical == 0, axis=0)
     return mask if mask.any() else None
 
