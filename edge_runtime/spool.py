@@ -2,58 +2,78 @@
 
 Layout (created if missing)::
 
-    SPOOL/incoming/   tiles: <name>.npz files or <name>/ folders; names starting with "." are ignored
+    SPOOL/incoming/   tiles: <id>.npz files or <id>/ folders; names starting with "." are ignored
     SPOOL/done/       inputs whose results are written
-    SPOOL/failed/     inputs that failed, each with <name>.reason (one line)
+    SPOOL/failed/     entries that are not tiles or failed, each with <name>.reason (one line)
     SPOOL/results/    <tile>.jsonl (+ <tile>.geojson when georeferenced)
 
-Readiness: a tile is taken once ``incoming/<name>.ready`` exists beside it, or after ``settle_s`` seconds
-without any change to its files (size, mtime, count). Writers should either drop the marker after writing or
-write under a dot-name and ``rename`` into ``incoming/``.
+Readiness: an entry is taken once ``incoming/<name>.ready`` (a regular file) exists beside it, or after
+``settle_s`` seconds without any change to it (inode, size, mtime; for a folder, of every file in it). Writers
+should either drop the marker after writing or write under a dot-name and ``rename`` into ``incoming/``.
+
+Every entry gets an answer, one entry at a time (:meth:`Spool.poll` never lets one entry stop the scan): a tile
+(a regular ``<id>.npz`` file or a folder, :func:`~.spool_names.valid_tile_id`) is handed to the daemon;
+anything else (symlinks, FIFOs, sockets, devices, other names, markers that are not regular files) becomes a
+candidate with a ``problem`` and goes to ``failed/`` with that reason (:meth:`Spool.quarantine`). An entry that
+cannot even be moved (no permission, a read-only or full disk) stays, is remembered and reported once, and is
+retried only when it changes or after ``unmovable_retry_s``. A marker whose tile is gone is removed.
 
 Exactly-once: results are written to a temp file, fsynced and renamed (``.jsonl`` last: it is the commit
 record, and each record carries the input's SHA-256) BEFORE the input is renamed into ``done/``. After a
 crash, an input still in ``incoming/`` whose ``results/<tile>.jsonl`` carries its hash is only moved; a
-different input under an existing tile id is a duplicate and fails. Tile ids match
-``[A-Za-z0-9][A-Za-z0-9._-]*`` without ``..``; every path written is built from a checked name and verified to
-lie in its spool folder.
+different input under an existing tile id is a duplicate and fails. Every path written is built from a checked
+name and verified to lie in its spool folder. When a spool folder is removed or replaced while running,
+:meth:`Spool.poll` raises :class:`SpoolGone` (the daemon exits and its service manager restarts it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
-import re
+import stat
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mosaic_edge.edge_runtime.logs import get_logger
+from mosaic_edge.edge_runtime.spool_names import (
+    MAX_ID_BYTES,
+    READY,
+    TMP_PREFIX,
+    escape,
+    nbytes,
+    numbered,
+    one_line,
+    quarantine_base,
+    sanitise,
+    temp_name,
+    tile_id_of,
+    valid_tile_id,
+)
 from mosaic_edge.errors import UserError
 
+__all__ = ["DIRS", "DISK_FULL", "READY", "TMP_PREFIX", "Candidate", "IncomingWatcher", "Quarantine", "Spool",
+           "SpoolGone", "atomic_write", "fsync_dir", "sanitise", "tile_id_of", "valid_tile_id"]
+
+log = get_logger()
 DIRS = ("incoming", "done", "failed", "results")
-READY = ".ready"
-TMP_PREFIX = ".tmp-"
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+MAX_SIGNATURE = 1000  # files looked at per folder per scan: bounded work on hostile folders
+_KINDS = ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "symlink"),
+          (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+          (stat.S_ISBLK, "block device"))
 
 
-def tile_id_of(name: str) -> str:
-    return name[:-4] if name.endswith(".npz") else name
+class SpoolGone(UserError):
+    """A spool folder was removed, replaced or made unreadable while the daemon ran."""
 
 
-def valid_tile_id(tile_id: str) -> bool:
-    """True for ids that are safe as file names in every spool folder."""
-    return bool(_ID.fullmatch(tile_id)) and ".." not in tile_id and not tile_id.endswith(READY)
-
-
-def sanitise(name: str) -> str:
-    """A safe file name derived from an untrusted one (for ``failed/``)."""
-    out = re.sub(r"[^A-Za-z0-9._-]", "_", name).replace("..", "__").lstrip(".-_")[:200]
-    return out or "unnamed"
+def kind_of(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "special file")
 
 
 def fsync_dir(path: Path) -> None:
@@ -70,7 +90,7 @@ def atomic_write(path: Path, data: bytes, sync_dir: bool = True) -> None:
     ``sync_dir=False`` leaves the directory fsync (which makes the rename durable) to the caller, so a batch
     of files costs one directory sync.
     """
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+    tmp = path.parent / temp_name(path.name)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -90,13 +110,25 @@ def _write_no_dir_sync(path: Path, data: bytes) -> None:
 
 @dataclass
 class Candidate:
-    """An entry of ``incoming/`` that is ready to be taken."""
+    """An entry of ``incoming/`` that is ready to be taken (or, with ``problem``, to be quarantined)."""
 
     name: str
     path: Path
     tile_id: str
     marker: bool
-    age_s: float  # seconds since its files last changed
+    age_s: float  # seconds since it last changed
+    signature: tuple = ()  # what it looked like when found ready (see Spool.recheck)
+    problem: str | None = None  # not a tile: the one-line reason it goes to failed/ with
+
+
+@dataclass(frozen=True)
+class Quarantine:
+    """What :meth:`Spool.quarantine` did with an entry."""
+
+    dest: str | None  # its name in failed/ (a reason was written), None when it stayed in incoming/
+    vanished: bool = False  # it was gone before it could be moved (only the reason is in failed/)
+    unmovable: str | None = None  # why it could not be moved: it stays, skipped until it changes
+    first_report: bool = False  # unmovable and not reported before
 
 
 class Spool:
@@ -104,77 +136,207 @@ class Spool:
 
     Args:
         root: Spool directory.
-        settle_s: Seconds without change after which an unmarked tile is ready.
+        settle_s: Seconds without change after which an unmarked entry is ready.
         writer: Function writing bytes atomically; directory syncs are done by :meth:`sync` (replaced in
             tests to simulate a full disk).
+        marker_grace_s: Age after which a ``.ready`` marker whose tile is absent is removed (default: the
+            larger of ``settle_s`` and 1 s, so a marker written just before its tile survives).
+        unmovable_retry_s: An entry that could not be moved is retried after this long (or when it changes).
     """
 
-    def __init__(self, root: str | Path, settle_s: float = 2.0, writer=_write_no_dir_sync):
+    def __init__(self, root: str | Path, settle_s: float = 2.0, writer=_write_no_dir_sync,
+                 marker_grace_s: float | None = None, unmovable_retry_s: float = 600.0):
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"spool {self.root} is not a directory")
-        for d in DIRS:
-            (self.root / d).mkdir(parents=True, exist_ok=True)
+        try:
+            for d in DIRS:
+                (self.root / d).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create spool folders under {self.root}: {exc.strerror or exc}") from exc
         self.incoming, self.done, self.failed, self.results = (self.root / d for d in DIRS)
         self.settle_s = settle_s
         self.writer = writer
+        self.marker_grace_s = max(settle_s, 1.0) if marker_grace_s is None else marker_grace_s
+        self.unmovable_retry_s = unmovable_retry_s
         self._seen: dict[str, tuple[tuple, float]] = {}
+        # name -> (signature, reason, retry after (monotonic)); read by the metrics gauge
+        self.unmovable: dict[str, tuple[tuple, str, float]] = {}
+        self._identity = self._identities()
+
+    # ---- the folders themselves ----------------------------------------------------------------------------
+    def _identities(self) -> dict[Path, tuple[int, int]]:
+        out = {}
+        for path in (self.root, *(self.root / d for d in DIRS)):
+            st = os.stat(path)
+            out[path] = (st.st_dev, st.st_ino)
+        return out
+
+    def check(self) -> None:
+        """Raise :class:`SpoolGone` when a spool folder was removed or replaced since start."""
+        for path, ident in self._identity.items():
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                raise SpoolGone(f"spool folder {path} is gone while running ({exc.strerror})") from exc
+            if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != ident:
+                raise SpoolGone(f"spool folder {path} was replaced while running")
 
     # ---- readiness -----------------------------------------------------------------------------------------
     def _signature(self, path: Path) -> tuple:
+        """What an entry looks like now (raises OSError when it cannot be looked at)."""
         st = os.lstat(path)
-        sig = [(path.name, st.st_size, st.st_mtime_ns)]
-        if path.is_dir() and not path.is_symlink():
-            for root, dirs, files in os.walk(path):
+        sig: list[tuple] = [(st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns)]
+        if stat.S_ISDIR(st.st_mode):
+            errors: list[OSError] = []
+            for root, dirs, files in os.walk(path, onerror=errors.append):
                 for name in sorted(dirs + files):
-                    s = os.lstat(os.path.join(root, name))
-                    sig.append((name, s.st_size, s.st_mtime_ns))
-                if len(sig) > 1000:  # bounded work on hostile folders; the tile fails later anyway
+                    try:
+                        s = os.lstat(os.path.join(root, name))
+                        sig.append((root, name, s.st_mode, s.st_size, s.st_mtime_ns))
+                    except OSError as exc:
+                        sig.append((root, name, "error", exc.errno))
+                if len(sig) > MAX_SIGNATURE:
                     break
+            sig += [("error", e.filename, e.errno) for e in errors]
         return tuple(sig)
 
     def poll(self, skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[Candidate], int]:
-        """Return (ready candidates in arrival order, number of entries not yet settled)."""
+        """Return (ready candidates in arrival order, number of entries not yet settled).
+
+        Raises:
+            SpoolGone: ``incoming/`` (or another spool folder) was removed, replaced or cannot be listed.
+        """
+        self.check()
         now = time.monotonic()
         try:
-            names = os.listdir(self.incoming)
-        except FileNotFoundError:
-            return [], 0
-        present = set(names)
+            with os.scandir(self.incoming) as it:
+                present = {e.name for e in it}
+        except OSError as exc:
+            raise SpoolGone(f"cannot list {self.incoming}: {exc.strerror or exc}") from exc
         ready, pending = [], 0
-        for name in names:
+        for name in present:
             if name.startswith(".") or name in skip:
                 continue
-            if name.endswith(READY):
-                if name[: -len(READY)] not in present:
-                    self._drop_stale_marker(name)
-                continue
-            path = self.incoming / name
             try:
-                sig = self._signature(path)
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # vanished between listdir and stat
-            old = self._seen.get(name)
-            if old is None or old[0] != sig:
-                self._seen[name] = (sig, now)
-            age = now - self._seen[name][1]
-            marker = name + READY in present
-            if marker or age >= self.settle_s:
-                ready.append(Candidate(name, path, tile_id_of(name), marker, age))
-            else:
+                found = self._inspect(name, present, now)
+            except Exception as exc:  # noqa: BLE001 - one entry never stops the scan
+                found = self._unreadable(name, (("broken", type(exc).__name__),), now,
+                                         f"{type(exc).__name__}: {exc}")
+            if isinstance(found, Candidate):
+                ready.append(found)
+            elif found == "pending":
                 pending += 1
         for gone in set(self._seen) - present:
             del self._seen[gone]
+        for gone in set(self.unmovable) - present:
+            del self.unmovable[gone]
         ready.sort(key=lambda c: -c.age_s)
         return ready, pending
 
-    def _drop_stale_marker(self, name: str) -> None:
-        # A marker whose tile is gone was left by a crash between the move and the marker's removal.
+    def _inspect(self, name: str, present: set[str], now: float) -> Candidate | str | None:
+        """One entry: a Candidate when ready, "pending" while settling, None when there is nothing to do."""
+        path = self.incoming / name
         try:
-            if time.time() - os.lstat(self.incoming / name).st_mtime > max(self.settle_s, 1.0):
-                (self.incoming / name).unlink()
+            sig = self._signature(path)
+        except FileNotFoundError:
+            return None  # vanished between listing and looking
+        except OSError as exc:
+            return self._unreadable(name, (("error", exc.errno),), now, exc.strerror or str(exc))
+        if self._skipped_unmovable(name, sig, now):
+            return None
+        mode = sig[0][0]
+        if name.endswith(READY):
+            target = name[: -len(READY)]
+            if stat.S_ISREG(mode):
+                if target in present and not target.startswith(".") and not target.endswith(READY):
+                    return None  # the marker of a tile: consumed with it
+                return self._stale_marker(name, sig, now)
+            return self._ready_if_settled(name, sig, now, False, f"marker {escape(name)} is a {kind_of(mode)}, "
+                                          "expected an empty regular file")
+        marker = name + READY in present and self._is_regular(self.incoming / (name + READY))
+        return self._ready_if_settled(name, sig, now, marker, self._problem(name, mode))
+
+    def _unreadable(self, name: str, sig: tuple, now: float, error: str) -> Candidate | str | None:
+        if self._skipped_unmovable(name, sig, now):
+            return None
+        return self._ready_if_settled(name, sig, now, False, f"{escape(name)}: cannot inspect entry ({error})")
+
+    @staticmethod
+    def _is_regular(path: Path) -> bool:
+        try:
+            return stat.S_ISREG(os.lstat(path).st_mode)
+        except OSError:
+            return False
+
+    @staticmethod
+    def _problem(name: str, mode: int) -> str | None:
+        """Why an entry is not a tile, or None when it is one."""
+        tile_id = tile_id_of(name)
+        if stat.S_ISLNK(mode):
+            return f"{escape(name)}: is a symlink (refused)"
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return f"{escape(name)}: is a {kind_of(mode)}, not a tile file or folder"
+        if not valid_tile_id(tile_id) or (stat.S_ISREG(mode) and not name.endswith(".npz")):
+            size = nbytes(tile_id)
+            long = f" (id of {size} bytes; at most {MAX_ID_BYTES})" if size > MAX_ID_BYTES else ""
+            return (f"invalid tile name {escape(name)}{long}: expected <id>.npz or a folder <id>/ with id of "
+                    "letters, digits, '.', '_', '-' (no '..')")
+        return None
+
+    def _ready_if_settled(self, name: str, sig: tuple, now: float, marker: bool,
+                          problem: str | None) -> Candidate | str:
+        old = self._seen.get(name)
+        if old is None or old[0] != sig:
+            self._seen[name] = (sig, now)
+        age = now - self._seen[name][1]
+        if marker or age >= self.settle_s:
+            return Candidate(name, self.incoming / name, tile_id_of(name), marker, age, sig, problem)
+        return "pending"
+
+    def _stale_marker(self, name: str, sig: tuple, now: float) -> str | None:
+        """A regular ``.ready`` whose tile is absent (left by a crash between a move and the marker's removal,
+        or written before its tile): removed once older than ``marker_grace_s``."""
+        try:
+            age = time.time() - os.lstat(self.incoming / name).st_mtime
+            if age <= self.marker_grace_s:
+                return "pending"
+            (self.incoming / name).unlink()
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            self._remember_unmovable(name, sig, f"cannot remove stale marker: {exc.strerror or exc}", now)
+        return None
+
+    def recheck(self, cand: Candidate) -> str:
+        """Before reading: ``"same"`` as when found ready, ``"changed"`` (settle again) or ``"gone"``."""
+        try:
+            sig = self._signature(cand.path)
+        except FileNotFoundError:
+            return "gone"
+        except OSError:
+            return "same"  # reading it reports the error
+        if not cand.signature or sig == cand.signature:
+            return "same"
+        self._seen[cand.name] = (sig, time.monotonic())
+        return "changed"
+
+    # ---- entries that cannot be moved ----------------------------------------------------------------------
+    def _skipped_unmovable(self, name: str, sig: tuple, now: float) -> bool:
+        known = self.unmovable.get(name)
+        if known is None:
+            return False
+        if known[0] == sig[:1] and now < known[2]:
+            return True
+        self.unmovable[name] = (known[0], known[1], -1.0)  # changed or due: tried again, reported only if new
+        return False
+
+    def _remember_unmovable(self, name: str, sig: tuple, reason: str, now: float | None = None) -> bool:
+        """Remember an entry that cannot be moved; True when it was not known before (report it)."""
+        known = self.unmovable.get(name)
+        retry = (now or time.monotonic()) + self.unmovable_retry_s
+        self.unmovable[name] = (sig[:1], reason, retry)
+        return known is None or known[1] != reason
 
     # ---- outputs -------------------------------------------------------------------------------------------
     def _inside(self, folder: Path, name: str) -> Path:
@@ -215,41 +377,96 @@ class Spool:
         self.writer(self.result_path(tile_id), jsonl)
 
     def _remove_marker(self, name: str) -> None:
-        (self.incoming / (name + READY)).unlink(missing_ok=True)
+        # Only a regular file is a marker; a folder/FIFO/symlink so named is quarantined by the next scan, and a
+        # marker that cannot be removed (no permission) is dealt with there too.
+        marker = self.incoming / (name + READY)
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(marker).st_mode):
+                marker.unlink()
 
     def move_done(self, cand: Candidate, sync: bool = True) -> None:
         """Move an input whose results are durable into ``done/`` (``sync=False``: caller syncs later)."""
         dest = self._inside(self.done, cand.name)
         if dest.exists() or dest.is_symlink():
             raise FileExistsError(f"done/{cand.name} already exists")
+        if cand.signature and os.lstat(cand.path).st_ino != cand.signature[0][1]:
+            raise OSError(f"{escape(cand.name)} was replaced while being processed")
         os.rename(cand.path, dest)
         self._remove_marker(cand.name)
         if sync:
             self.sync("done", "incoming")
 
-    def move_failed(self, name: str, reason: str) -> str:
-        """Write ``failed/<name>.reason`` then move the input (if still there) into ``failed/``."""
-        base = sanitise(name)
-        dest_name, k = base, 0
-        while (self.failed / dest_name).exists() or (self.failed / (dest_name + ".reason")).exists():
+    def _free_failed_name(self, base: str) -> str:
+        k = 0
+        while True:
+            dest = numbered(base, k)
+            if not (os.path.lexists(self.failed / dest) or os.path.lexists(self.failed / (dest + ".reason"))):
+                return dest
             k += 1
-            dest_name = f"{base}.{k}"
-        line = " ".join(str(reason).split())[:500] + "\n"
-        self.writer(self._inside(self.failed, dest_name + ".reason"), line.encode("utf-8", "replace"))
+
+    def quarantine(self, name: str, reason: str) -> Quarantine:
+        """Write ``failed/<dest>.reason``, then move the entry (if still there) to ``failed/<dest>``.
+
+        ``dest`` is the entry's own name when safe, else :func:`~.spool_names.quarantine_base`; duplicates are
+        numbered. When the entry cannot be moved it stays in ``incoming/`` (its reason is withdrawn) and is
+        remembered, so later scans skip it until it changes.
+        """
         src = self.incoming / name
-        if src.parent == self.incoming and (src.exists() or src.is_symlink()):
-            os.rename(src, self._inside(self.failed, dest_name))  # renames a symlink itself, never its target
+        try:
+            if src.parent != self.incoming or name in ("", ".", ".."):
+                raise FileNotFoundError(name)  # not an entry of incoming/: only its reason is written
+            sig: tuple | None = self._signature(src)
+        except FileNotFoundError:
+            sig = None
+        except OSError as exc:
+            sig = (("error", exc.errno),)
+        base = quarantine_base(name)
+        line = one_line(reason)
+        if base != name:
+            line += f" [entry name: {escape(name)}]"
+        try:
+            dest = self._free_failed_name(base)
+            reason_path = self._inside(self.failed, dest + ".reason")
+            self.writer(reason_path, (line + "\n").encode("utf-8"))
+        except OSError as exc:
+            if sig is None:
+                raise
+            first = self._remember_unmovable(name, sig, f"cannot write its reason to failed/: {exc.strerror or exc}")
+            return Quarantine(None, unmovable=self.unmovable[name][1], first_report=first)
+        vanished = sig is None
+        if not vanished:
+            try:
+                os.rename(src, self.failed / dest)  # renames a symlink itself, never its target
+            except FileNotFoundError:
+                vanished = True
+            except OSError as exc:
+                reason_path.unlink(missing_ok=True)
+                assert sig is not None
+                first = self._remember_unmovable(name, sig, f"cannot move to failed/: {exc.strerror or exc}")
+                return Quarantine(None, unmovable=self.unmovable[name][1], first_report=first)
+        self.unmovable.pop(name, None)
         self._remove_marker(name)
-        fsync_dir(self.failed)
-        return dest_name
+        with contextlib.suppress(OSError):  # the move happened; only its durability across a power cut is in doubt
+            fsync_dir(self.failed)
+        return Quarantine(dest, vanished=vanished)
+
+    def move_failed(self, name: str, reason: str) -> str:
+        """:meth:`quarantine`, raising ``OSError`` when the entry cannot be moved; returns its failed/ name."""
+        q = self.quarantine(name, reason)
+        if q.dest is None:
+            raise OSError(q.unmovable)
+        return q.dest
 
     def recover(self) -> int:
         """Remove temp files left by a crash; return how many."""
         n = 0
         for folder in (self.results, self.failed):
             for p in folder.glob(TMP_PREFIX + "*"):
-                p.unlink(missing_ok=True)
-                n += 1
+                try:
+                    p.unlink()
+                    n += 1
+                except OSError:
+                    pass
         return n
 
 
@@ -270,10 +487,15 @@ class IncomingWatcher:
 
     def wait(self, seconds: float, stop: threading.Event) -> None:
         if self.ino is not None:
-            self.ino.read(timeout=int(max(seconds, 0.01) * 1000))
-        else:
-            stop.wait(seconds)
+            try:
+                self.ino.read(timeout=int(max(seconds, 0.01) * 1000))
+                return
+            except OSError:
+                self.close()  # polling from now on
+                self.ino = None
+        stop.wait(seconds)
 
     def close(self) -> None:
         if self.ino is not None:
-            self.ino.close()
+            with contextlib.suppress(OSError):
+                self.ino.close()
