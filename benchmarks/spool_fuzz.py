@@ -1,6 +1,6 @@
 """Spool fuzzing: random spools of good tiles mixed with entries of every kind; every entry must get its answer.
 
-    python benchmarks/spool_fuzz.py --entries 3000 --writers 4 --kills 20 [--seed 0] [--json OUT]
+    python benchmarks/spool_fuzz.py --entries 3000 --writers 4 --kills 20 [--write-seconds 60] [--seed 0] [--json OUT]
 
 Harness shared with the property-based test (``tests/edge_runtime/test_spool_fuzz.py``, where Hypothesis draws
 the plans): :func:`build` makes a spool from a :class:`Plan` (good single-patch ``.npz`` tiles, some as folders,
@@ -290,9 +290,12 @@ def random_plan(rng: random.Random, entries: int, good_fraction: float = 0.5, st
     return plan
 
 
-def writer(built: Built, plan: Plan, rng: random.Random, scratch: Path, lock: threading.Lock) -> None:
-    """Drop a plan's entries into a live spool: good tiles under a dot-name then renamed in; others in place."""
+def writer(built: Built, plan: Plan, rng: random.Random, scratch: Path, lock: threading.Lock,
+           seconds: float) -> None:
+    """Drop a plan's entries into a live spool over about ``seconds``: good tiles under a dot-name then renamed
+    in, everything else made in place, in random order."""
     inc = os.fsencode(built.spool / "incoming")
+    pause = seconds / max(1, len(plan.good) + len(plan.entries))
     stage = os.fsencode(built.root / "staging")
     for index, form, marker in plan.good:
         name = GOOD_PREFIX + b"%d" % index
@@ -310,7 +313,7 @@ def writer(built: Built, plan: Plan, rng: random.Random, scratch: Path, lock: th
             built.good[os.fsdecode(name).removesuffix(".npz")] = (name, digest)
             if marker:
                 open(inc + b"/" + name + b".ready", "wb").close()
-        time.sleep(rng.uniform(0, 0.002))
+        time.sleep(rng.uniform(0, 2 * pause))
     for e in entry_names(plan.entries):
         with lock:
             if os.path.lexists(inc + b"/" + e.name) or e.name in built.bad:
@@ -320,7 +323,11 @@ def writer(built: Built, plan: Plan, rng: random.Random, scratch: Path, lock: th
                 record(built, inc, e.name)
             except OSError:  # taken by the daemon while being made (a marker-like name, a settled folder)
                 pass
-        time.sleep(rng.uniform(0, 0.002))
+        time.sleep(rng.uniform(0, 2 * pause))
+
+
+def _count(folder: Path) -> int:
+    return sum(1 for n in os.listdir(folder) if not n.endswith(".reason")) if folder.is_dir() else 0
 
 
 def serve_cmd(model: Path, spool: Path, once: bool) -> list[str]:
@@ -329,7 +336,8 @@ def serve_cmd(model: Path, spool: Path, once: bool) -> list[str]:
             "--max-wait-ms", "5", "--log-level", "warning", *(["--once"] if once else [])]
 
 
-def run(model: Path, root: Path, entries: int, writers: int, kills: int, seed: int = 0) -> dict:
+def run(model: Path, root: Path, entries: int, writers: int, kills: int, seed: int = 0,
+        write_seconds: float = 60.0) -> dict:
     rng = random.Random(seed)
     scratch = Path(tempfile.mkdtemp(prefix="sf-", dir="/tmp"))
     built = build(root, Plan())
@@ -337,19 +345,22 @@ def run(model: Path, root: Path, entries: int, writers: int, kills: int, seed: i
     plans = [random_plan(random.Random(seed * 1000 + w), entries // writers, start=w * entries)
              for w in range(writers)]
     lock = threading.Lock()
-    threads = [threading.Thread(target=writer, args=(built, p, random.Random(w), scratch, lock))
+    threads = [threading.Thread(target=writer, args=(built, p, random.Random(w), scratch, lock, write_seconds))
                for w, p in enumerate(plans)]
     t0 = time.time()
     for t in threads:
         t.start()
-    killed = 0
+    killed, rounds = 0, []
     while any(t.is_alive() for t in threads) or killed < kills:
+        before = _count(built.spool / "done") + _count(built.spool / "failed")
         proc = subprocess.Popen(serve_cmd(model, built.spool, once=False), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         time.sleep(rng.uniform(0.5, 3.0))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed += 1
+        rounds.append({"answered": _count(built.spool / "done") + _count(built.spool / "failed") - before,
+                       "writers_active": any(t.is_alive() for t in threads)})
     for t in threads:
         t.join()
     (root / "staging").rmdir()
@@ -361,7 +372,10 @@ def run(model: Path, root: Path, entries: int, writers: int, kills: int, seed: i
     reasons = len([n for n in os.listdir(built.spool / "failed") if n.endswith(".reason")])
     report = {"entries": sum(len(p.good) + len(p.entries) for p in plans), "good": len(built.good),
               "other": len(built.bad), "markers": len(built.markers), "hidden": len(built.hidden),
-              "writers": writers, "sigkills": killed, "final_exit": final.returncode, "reasons": reasons,
+              "writers": writers, "sigkills": killed,
+              "sigkills_while_writing": sum(r["writers_active"] for r in rounds),
+              "answered_before_final_run": sum(r["answered"] for r in rounds),
+              "final_exit": final.returncode, "reasons": reasons,
               "problems": len(problems), "first_problems": problems[:10],
               "seconds_with_kills": round(t1 - t0, 1), "seconds_final_drain": round(drained, 1)}
     report["ok"] = not problems and final.returncode == 0
@@ -375,6 +389,7 @@ def main() -> None:
     ap.add_argument("--entries", type=int, default=3000)
     ap.add_argument("--writers", type=int, default=4)
     ap.add_argument("--kills", type=int, default=20)
+    ap.add_argument("--write-seconds", type=float, default=60.0, help="how long the writers keep writing")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--model", type=Path, default=None, help="default: the tests' tiny ONNX model (16 px)")
     ap.add_argument("--json", type=Path, default=None)
@@ -385,7 +400,7 @@ def main() -> None:
         from tests.support.runtime import tiny_contract, write_tiny_onnx
 
         args.model = write_tiny_onnx(work / "tiny.onnx", tiny_contract())
-    report = run(args.model, work / "run", args.entries, args.writers, args.kills, args.seed)
+    report = run(args.model, work / "run", args.entries, args.writers, args.kills, args.seed, args.write_seconds)
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

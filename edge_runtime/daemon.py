@@ -69,6 +69,8 @@ class ServeConfig:
         if (self.batch < 1 or self.max_wait_ms < 0 or self.settle_s < 0 or self.queue_tiles < 1
                 or self.write_queue < 1):
             raise UserError("batch and queue sizes must be >= 1; max-wait and settle times >= 0")
+        if self.stall_s <= 0:
+            raise UserError("the stall time (--stall-s) must be > 0")
 
 
 class Daemon:
@@ -213,7 +215,7 @@ class Daemon:
         with self._lock:
             skip = set(self._names)
         ready, pending = self.spool.poll(skip)
-        self.metrics.note_backlog(len(ready), len(skip))
+        self.metrics.note_backlog(len(ready), len(skip))  # a take that hangs is a stall (watchdog)
         self.metrics.set("spool_pending_entries", pending)
         waiting, now_handled = 0, {}
         for cand in ready:
@@ -230,6 +232,9 @@ class Daemon:
                 waiting += 1
             elif outcome == "handled":
                 now_handled[cand.name] = cand.signature
+        with self._lock:
+            in_flight = len(self._names)
+        self.metrics.note_backlog(0, in_flight)  # entries left waiting (a partner, an id in flight) are no stall
         self.metrics.set("spool_unmovable_entries", len(self.spool.unmovable))
         return ready, pending, waiting, now_handled
 

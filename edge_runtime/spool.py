@@ -11,7 +11,7 @@ Readiness: an entry is taken once ``incoming/<name>.ready`` (a regular file) exi
 ``settle_s`` seconds without any change to it (inode, size, mtime; for a folder, of every file in it). Writers
 should either drop the marker after writing or write under a dot-name and ``rename`` into ``incoming/``.
 
-Every entry gets an answer, one entry at a time (:meth:`Spool.poll` never lets one entry stop the scan): a tile
+Every entry gets an answer, one entry at a time (:mod:`~.spool_scan`: one entry never stops the scan): a tile
 (a regular ``<id>.npz`` file or a folder, :func:`~.spool_names.valid_tile_id`) is handed to the daemon;
 anything else (symlinks, FIFOs, sockets, devices, other names, markers that are not regular files) becomes a
 candidate with a ``problem`` and goes to ``failed/`` with that reason (:meth:`Spool.quarantine`). An entry that
@@ -39,13 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mosaic_edge.edge_runtime.logs import get_logger
 from mosaic_edge.edge_runtime.spool_names import (
-    MAX_ID_BYTES,
     READY,
     TMP_PREFIX,
     escape,
-    nbytes,
     numbered,
     one_line,
     quarantine_base,
@@ -54,26 +51,14 @@ from mosaic_edge.edge_runtime.spool_names import (
     tile_id_of,
     valid_tile_id,
 )
+from mosaic_edge.edge_runtime.spool_scan import Candidate, IncomingScan, SpoolGone, signature
 from mosaic_edge.errors import UserError
 
 __all__ = ["DIRS", "DISK_FULL", "READY", "TMP_PREFIX", "Candidate", "IncomingWatcher", "Quarantine", "Spool",
            "SpoolGone", "atomic_write", "fsync_dir", "sanitise", "tile_id_of", "valid_tile_id"]
 
-log = get_logger()
 DIRS = ("incoming", "done", "failed", "results")
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-MAX_SIGNATURE = 1000  # files looked at per folder per scan: bounded work on hostile folders
-_KINDS = ((stat.S_ISREG, "regular file"), (stat.S_ISDIR, "folder"), (stat.S_ISLNK, "symlink"),
-          (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
-          (stat.S_ISBLK, "block device"))
-
-
-class SpoolGone(UserError):
-    """A spool folder was removed, replaced or made unreadable while the daemon ran."""
-
-
-def kind_of(mode: int) -> str:
-    return next((name for test, name in _KINDS if test(mode)), "special file")
 
 
 def fsync_dir(path: Path) -> None:
@@ -108,19 +93,6 @@ def _write_no_dir_sync(path: Path, data: bytes) -> None:
     atomic_write(path, data, sync_dir=False)
 
 
-@dataclass
-class Candidate:
-    """An entry of ``incoming/`` that is ready to be taken (or, with ``problem``, to be quarantined)."""
-
-    name: str
-    path: Path
-    tile_id: str
-    marker: bool
-    age_s: float  # seconds since it last changed
-    signature: tuple = ()  # what it looked like when found ready (see Spool.recheck)
-    problem: str | None = None  # not a tile: the one-line reason it goes to failed/ with
-
-
 @dataclass(frozen=True)
 class Quarantine:
     """What :meth:`Spool.quarantine` did with an entry."""
@@ -131,8 +103,8 @@ class Quarantine:
     first_report: bool = False  # unmovable and not reported before
 
 
-class Spool:
-    """The four spool folders plus readiness tracking.
+class Spool(IncomingScan):
+    """The four spool folders, readiness tracking (:class:`~.spool_scan.IncomingScan`) and the moves.
 
     Args:
         root: Spool directory.
@@ -155,13 +127,8 @@ class Spool:
         except OSError as exc:
             raise UserError(f"cannot create spool folders under {self.root}: {exc.strerror or exc}") from exc
         self.incoming, self.done, self.failed, self.results = (self.root / d for d in DIRS)
-        self.settle_s = settle_s
+        super().__init__(self.incoming, settle_s, marker_grace_s, unmovable_retry_s)
         self.writer = writer
-        self.marker_grace_s = max(settle_s, 1.0) if marker_grace_s is None else marker_grace_s
-        self.unmovable_retry_s = unmovable_retry_s
-        self._seen: dict[str, tuple[tuple, float]] = {}
-        # name -> (signature, reason, retry after (monotonic)); read by the metrics gauge
-        self.unmovable: dict[str, tuple[tuple, str, float]] = {}
         self._identity = self._identities()
 
     # ---- the folders themselves ----------------------------------------------------------------------------
@@ -183,24 +150,6 @@ class Spool:
                 raise SpoolGone(f"spool folder {path} was replaced while running")
 
     # ---- readiness -----------------------------------------------------------------------------------------
-    def _signature(self, path: Path) -> tuple:
-        """What an entry looks like now (raises OSError when it cannot be looked at)."""
-        st = os.lstat(path)
-        sig: list[tuple] = [(st.st_mode, st.st_ino, st.st_size, st.st_mtime_ns)]
-        if stat.S_ISDIR(st.st_mode):
-            errors: list[OSError] = []
-            for root, dirs, files in os.walk(path, onerror=errors.append):
-                for name in sorted(dirs + files):
-                    try:
-                        s = os.lstat(os.path.join(root, name))
-                        sig.append((root, name, s.st_mode, s.st_size, s.st_mtime_ns))
-                    except OSError as exc:
-                        sig.append((root, name, "error", exc.errno))
-                if len(sig) > MAX_SIGNATURE:
-                    break
-            sig += [("error", e.filename, e.errno) for e in errors]
-        return tuple(sig)
-
     def poll(self, skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[Candidate], int]:
         """Return (ready candidates in arrival order, number of entries not yet settled).
 
@@ -214,129 +163,9 @@ class Spool:
                 present = {e.name for e in it}
         except OSError as exc:
             raise SpoolGone(f"cannot list {self.incoming}: {exc.strerror or exc}") from exc
-        ready, pending = [], 0
-        for name in present:
-            if name.startswith(".") or name in skip:
-                continue
-            try:
-                found = self._inspect(name, present, now)
-            except Exception as exc:  # noqa: BLE001 - one entry never stops the scan
-                found = self._unreadable(name, (("broken", type(exc).__name__),), now,
-                                         f"{type(exc).__name__}: {exc}")
-            if isinstance(found, Candidate):
-                ready.append(found)
-            elif found == "pending":
-                pending += 1
-        for gone in set(self._seen) - present:
-            del self._seen[gone]
-        for gone in set(self.unmovable) - present:
-            del self.unmovable[gone]
+        ready, pending = self._scan_entries(present, skip, now)
         ready.sort(key=lambda c: -c.age_s)
         return ready, pending
-
-    def _inspect(self, name: str, present: set[str], now: float) -> Candidate | str | None:
-        """One entry: a Candidate when ready, "pending" while settling, None when there is nothing to do."""
-        path = self.incoming / name
-        try:
-            sig = self._signature(path)
-        except FileNotFoundError:
-            return None  # vanished between listing and looking
-        except OSError as exc:
-            return self._unreadable(name, (("error", exc.errno),), now, exc.strerror or str(exc))
-        if self._skipped_unmovable(name, sig, now):
-            return None
-        mode = sig[0][0]
-        if name.endswith(READY):
-            target = name[: -len(READY)]
-            if stat.S_ISREG(mode):
-                if target in present and not target.startswith(".") and not target.endswith(READY):
-                    return None  # the marker of a tile: consumed with it
-                return self._stale_marker(name, sig, now)
-            return self._ready_if_settled(name, sig, now, False, f"marker {escape(name)} is a {kind_of(mode)}, "
-                                          "expected an empty regular file")
-        marker = name + READY in present and self._is_regular(self.incoming / (name + READY))
-        return self._ready_if_settled(name, sig, now, marker, self._problem(name, mode))
-
-    def _unreadable(self, name: str, sig: tuple, now: float, error: str) -> Candidate | str | None:
-        if self._skipped_unmovable(name, sig, now):
-            return None
-        return self._ready_if_settled(name, sig, now, False, f"{escape(name)}: cannot inspect entry ({error})")
-
-    @staticmethod
-    def _is_regular(path: Path) -> bool:
-        try:
-            return stat.S_ISREG(os.lstat(path).st_mode)
-        except OSError:
-            return False
-
-    @staticmethod
-    def _problem(name: str, mode: int) -> str | None:
-        """Why an entry is not a tile, or None when it is one."""
-        tile_id = tile_id_of(name)
-        if stat.S_ISLNK(mode):
-            return f"{escape(name)}: is a symlink (refused)"
-        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-            return f"{escape(name)}: is a {kind_of(mode)}, not a tile file or folder"
-        if not valid_tile_id(tile_id) or (stat.S_ISREG(mode) and not name.endswith(".npz")):
-            size = nbytes(tile_id)
-            long = f" (id of {size} bytes; at most {MAX_ID_BYTES})" if size > MAX_ID_BYTES else ""
-            return (f"invalid tile name {escape(name)}{long}: expected <id>.npz or a folder <id>/ with id of "
-                    "letters, digits, '.', '_', '-' (no '..')")
-        return None
-
-    def _ready_if_settled(self, name: str, sig: tuple, now: float, marker: bool,
-                          problem: str | None) -> Candidate | str:
-        old = self._seen.get(name)
-        if old is None or old[0] != sig:
-            self._seen[name] = (sig, now)
-        age = now - self._seen[name][1]
-        if marker or age >= self.settle_s:
-            return Candidate(name, self.incoming / name, tile_id_of(name), marker, age, sig, problem)
-        return "pending"
-
-    def _stale_marker(self, name: str, sig: tuple, now: float) -> str | None:
-        """A regular ``.ready`` whose tile is absent (left by a crash between a move and the marker's removal,
-        or written before its tile): removed once older than ``marker_grace_s``."""
-        try:
-            age = time.time() - os.lstat(self.incoming / name).st_mtime
-            if age <= self.marker_grace_s:
-                return "pending"
-            (self.incoming / name).unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            self._remember_unmovable(name, sig, f"cannot remove stale marker: {exc.strerror or exc}", now)
-        return None
-
-    def recheck(self, cand: Candidate) -> str:
-        """Before reading: ``"same"`` as when found ready, ``"changed"`` (settle again) or ``"gone"``."""
-        try:
-            sig = self._signature(cand.path)
-        except FileNotFoundError:
-            return "gone"
-        except OSError:
-            return "same"  # reading it reports the error
-        if not cand.signature or sig == cand.signature:
-            return "same"
-        self._seen[cand.name] = (sig, time.monotonic())
-        return "changed"
-
-    # ---- entries that cannot be moved ----------------------------------------------------------------------
-    def _skipped_unmovable(self, name: str, sig: tuple, now: float) -> bool:
-        known = self.unmovable.get(name)
-        if known is None:
-            return False
-        if known[0] == sig[:1] and now < known[2]:
-            return True
-        self.unmovable[name] = (known[0], known[1], -1.0)  # changed or due: tried again, reported only if new
-        return False
-
-    def _remember_unmovable(self, name: str, sig: tuple, reason: str, now: float | None = None) -> bool:
-        """Remember an entry that cannot be moved; True when it was not known before (report it)."""
-        known = self.unmovable.get(name)
-        retry = (now or time.monotonic()) + self.unmovable_retry_s
-        self.unmovable[name] = (sig[:1], reason, retry)
-        return known is None or known[1] != reason
 
     # ---- outputs -------------------------------------------------------------------------------------------
     def _inside(self, folder: Path, name: str) -> Path:
@@ -415,7 +244,7 @@ class Spool:
         try:
             if src.parent != self.incoming or name in ("", ".", ".."):
                 raise FileNotFoundError(name)  # not an entry of incoming/: only its reason is written
-            sig: tuple | None = self._signature(src)
+            sig: tuple | None = signature(src)
         except FileNotFoundError:
             sig = None
         except OSError as exc:
@@ -431,7 +260,7 @@ class Spool:
         except OSError as exc:
             if sig is None:
                 raise
-            first = self._remember_unmovable(name, sig, f"cannot write its reason to failed/: {exc.strerror or exc}")
+            first = self.remember_unmovable(name, sig, f"cannot write its reason to failed/: {exc.strerror or exc}")
             return Quarantine(None, unmovable=self.unmovable[name][1], first_report=first)
         vanished = sig is None
         if not vanished:
@@ -442,7 +271,7 @@ class Spool:
             except OSError as exc:
                 reason_path.unlink(missing_ok=True)
                 assert sig is not None
-                first = self._remember_unmovable(name, sig, f"cannot move to failed/: {exc.strerror or exc}")
+                first = self.remember_unmovable(name, sig, f"cannot move to failed/: {exc.strerror or exc}")
                 return Quarantine(None, unmovable=self.unmovable[name][1], first_report=first)
         self.unmovable.pop(name, None)
         self._remove_marker(name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 import socket
 import threading
@@ -16,7 +15,6 @@ import pytest
 
 from mosaic_edge.edge_runtime import spool as spool_mod
 from mosaic_edge.edge_runtime.daemon import EXIT_SPOOL_GONE, Daemon, ServeConfig
-from mosaic_edge.edge_runtime.logs import LOGGER
 from mosaic_edge.edge_runtime.runner import open_runner
 from mosaic_edge.edge_runtime.spool import Spool, SpoolGone
 from mosaic_edge.edge_runtime.spool_names import (
@@ -417,6 +415,3 @@ def test_serve_cli_exits_nonzero_when_spool_vanishes(tmp_path, tiny_onnx):
     errors = [json.loads(line) for line in err.splitlines() if '"level": "error"' in line]
     assert len(errors) == 1 and "spool" in errors[0]["error"]
 
-
-def test_logger_name_is_the_runtime_logger():
-    assert logging.getLogger(LOGGER) is spool_mod.log

@@ -4,7 +4,11 @@ stop while ready tiles wait without progress, and a daemon that stalls and recov
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -13,13 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
+from mosaic_edge.edge_runtime.daemon import EXIT_SPOOL_GONE, Daemon, ServeConfig
 from mosaic_edge.edge_runtime.metrics_http import Metrics
 from mosaic_edge.edge_runtime.runner import open_runner
 from mosaic_edge.edge_runtime.sd_notify import Notifier, socket_address, watchdog_interval_s
 from mosaic_edge.edge_runtime.watchdog import Supervisor, check
 from tests.support.logs import runtime_log
-from tests.support.runtime import write_npz_tile
+from tests.support.runtime import REPO_ROOT, write_npz_tile
 
 
 class NotifySocket:
@@ -182,3 +186,49 @@ def test_stalled_daemon_turns_unhealthy_stops_pinging_and_recovers(tmp_path: Pat
     lines = log_lines()
     assert [r["msg"] for r in lines].count("daemon stalled") == 1
     assert next(r for r in lines if r["msg"] == "daemon stalled")["watchdog_restart"] is True
+
+
+UNIT = REPO_ROOT / "deploy" / "mosaic-edge.service"
+
+
+def _unit_settings(text: str) -> dict[str, list[str]]:
+    """``Key=value`` lines of a systemd unit (continuations joined, comments dropped), all values per key."""
+    out: dict[str, list[str]] = {}
+    for line in text.replace("\\\n", " ").splitlines():
+        if "=" in line and not line.lstrip().startswith(("#", ";", "[")):
+            key, value = line.split("=", 1)
+            out.setdefault(key.strip(), []).append(" ".join(value.split()))
+    return out
+
+
+def test_systemd_unit_uses_notify_and_the_watchdog():
+    from typer.testing import CliRunner
+
+    from mosaic_edge.cli import app
+
+    unit = _unit_settings(UNIT.read_text())
+    assert unit["Type"] == ["notify"] and unit["NotifyAccess"] == ["main"]
+    assert float(unit["WatchdogSec"][0]) > 0 and unit["Restart"] == ["on-failure"]
+    assert "AF_UNIX" in unit["RestrictAddressFamilies"][0].split()  # the notify socket
+    assert str(EXIT_SPOOL_GONE) not in unit["RestartPreventExitStatus"][0].split()
+    args = unit["ExecStart"][0].split()
+    assert args[1] == "serve"
+    result = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200", "NO_COLOR": "1"})
+    known = set(re.findall(r"--[a-z][a-z0-9-]*", result.output))
+    flags = [a for a in args[2:] if a.startswith("--")]
+    assert "--stall-s" in flags and set(flags) <= known, set(flags) - known
+    assert "--metrics-host" not in flags  # the default, loopback, stands
+
+
+def test_systemd_unit_verifies(tmp_path):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    exe = Path(sys.executable).with_name("mosaic-edge")
+    if not exe.exists():
+        pytest.skip("the mosaic-edge entry point is not installed beside this interpreter")
+    unit = tmp_path / "mosaic-edge.service"
+    unit.write_text(UNIT.read_text().replace("/opt/mosaic-edge/venv/bin/mosaic-edge", str(exe)))
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                          timeout=60)
+    problems = [line for line in (proc.stdout + proc.stderr).splitlines() if "mosaic-edge.service" in line]
+    assert proc.returncode == 0 and not problems, proc.stdout + proc.stderr
