@@ -172,9 +172,10 @@ class IncomingScan:
             return Candidate(name, self.incoming / name, tile_id_of(name), marker, age, sig, problem)
         return "pending"
 
-    def _stale_marker(self, name: str, sig: tuple, now: float) -> str | None:
+    def _stale_marker(self, name: str, sig: tuple, now: float) -> Candidate | str | None:
         """A regular ``.ready`` whose tile is absent (left by a crash between a move and the marker's removal,
-        or written before its tile): removed once older than ``marker_grace_s``."""
+        or written before its tile): removed once older than ``marker_grace_s``; one that cannot be removed
+        is quarantined like any other entry (and reported once if it cannot be moved either)."""
         try:
             age = time.time() - os.lstat(self.incoming / name).st_mtime
             if age <= self.marker_grace_s:
@@ -183,7 +184,8 @@ class IncomingScan:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            self.remember_unmovable(name, sig, f"cannot remove stale marker: {exc.strerror or exc}", now)
+            return self._ready_if_settled(name, sig, now, True, f"stale marker {escape(name)} cannot be removed "
+                                          f"({exc.strerror or exc})")
         return None
 
     def recheck(self, cand: Candidate) -> str:

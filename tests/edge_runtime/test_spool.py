@@ -415,3 +415,41 @@ def test_serve_cli_exits_nonzero_when_spool_vanishes(tmp_path, tiny_onnx):
     errors = [json.loads(line) for line in err.splitlines() if '"level": "error"' in line]
     assert len(errors) == 1 and "spool" in errors[0]["error"]
 
+
+
+def test_stale_marker_that_cannot_be_removed_is_quarantined(tmp_path, monkeypatch):
+    spool = Spool(tmp_path / "s", settle_s=0, marker_grace_s=0)
+    (spool.incoming / "gone.npz.ready").touch()
+    real = os.unlink
+
+    def unlink(path, *a, **kw):
+        if os.fsdecode(path).endswith("gone.npz.ready"):
+            raise PermissionError(errno.EPERM, "Operation not permitted", path)
+        return real(path, *a, **kw)
+
+    monkeypatch.setattr(spool_mod.os, "unlink", unlink)
+    (cand,) = spool.poll()[0]
+    assert cand.name == "gone.npz.ready" and "cannot be removed" in (cand.problem or "")
+    assert spool.quarantine(cand.name, cand.problem or "").dest == "gone.npz.ready"
+
+
+def test_watcher_falls_back_to_polling_when_inotify_fails(tmp_path):
+    from mosaic_edge.edge_runtime.spool import IncomingWatcher
+
+    class BrokenINotify:
+        closed = False
+
+        def read(self, timeout):
+            raise OSError(errno.EBADF, "Bad file descriptor")
+
+        def close(self):
+            self.closed = True
+
+    watcher = IncomingWatcher(tmp_path, use_inotify=False)
+    broken = BrokenINotify()
+    watcher.ino = broken
+    stop = threading.Event()
+    t0 = time.monotonic()
+    watcher.wait(0.05, stop)  # no exception: it waits by polling instead
+    watcher.wait(0.05, stop)
+    assert watcher.ino is None and broken.closed and time.monotonic() - t0 >= 0.09

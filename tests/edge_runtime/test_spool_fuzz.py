@@ -3,7 +3,8 @@ every kind and name, some of which cannot be moved; ``serve --once`` (the in-pro
 Runtime runner) must give every entry its answer and exit 0 in time. The harness is shared with
 ``benchmarks/spool_fuzz.py``, which runs it at scale with concurrent writers and SIGKILLs.
 
-``MOSAIC_EDGE_FUZZ_EXAMPLES`` raises the number of examples (default 25, ~15 s on 2 cores).
+``MOSAIC_EDGE_FUZZ_EXAMPLES`` sets the number of examples (default 100, ~10 s on 2 cores);
+``MOSAIC_EDGE_FUZZ_RANDOM=1`` draws fresh examples instead of the fixed, reproducible set.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mosaic_edge.edge_runtime.logs import LOGGER  # noqa: E402
 from mosaic_edge.edge_runtime.runner import open_runner  # noqa: E402
 from mosaic_edge.edge_runtime.spool import Spool  # noqa: E402
 
-EXAMPLES = int(os.environ.get("MOSAIC_EDGE_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("MOSAIC_EDGE_FUZZ_EXAMPLES", "100"))
 RANDOM = bool(os.environ.get("MOSAIC_EDGE_FUZZ_RANDOM"))  # fresh examples each run instead of a fixed set
 TIME_BOUND_S = 60.0
 SPECIAL = [b"-rf", b"--help", b"-", b".hidden", b"..x", b"\n", b"a\nb.npz", b"\xff\xfe.npz", b"\x1b[31m",
