@@ -353,6 +353,7 @@ def test_spool_removed_or_replaced_while_running(tmp_path, tiny_onnx, log_lines,
         while daemon.metrics.counters["tiles_done"] < 1:
             assert time.time() < deadline
             time.sleep(0.02)
+        time.sleep(0.3)  # the writer's closing fsync of done/ and incoming/ follows the counter
         calls = [0]
         real = daemon.spool.poll
 

@@ -170,6 +170,7 @@ def test_stalled_daemon_turns_unhealthy_stops_pinging_and_recovers(tmp_path: Pat
         _wait(lambda: _healthz(daemon.metrics_address)[0] == 503)
         code, text = _healthz(daemon.metrics_address)
         assert text.startswith("stalled:") and "no progress for" in text
+        time.sleep(0.2)  # longer than a tick: a ping decided just before the stall has arrived by now
         notify_socket.messages()
         time.sleep(0.5)
         assert "WATCHDOG=1" not in notify_socket.messages()  # systemd's WatchdogSec would now fire
