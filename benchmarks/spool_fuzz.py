@@ -48,7 +48,7 @@ GOOD_PREFIX = b"good-"
 NAME_MAX = 255
 KINDS = ("junk_file", "empty_file", "junk_npz", "folder_empty", "folder_junk", "folder_nested", "symlink_file",
          "symlink_outside", "symlink_folder", "symlink_dangling", "symlink_loop", "fifo", "socket",
-         "marker_folder", "marker_symlink", "marker_fifo", "marker_regular")
+         "marker_folder", "marker_symlink", "marker_fifo", "marker_socket", "marker_regular")
 _SAFE = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -148,7 +148,7 @@ def make_entry(incoming: bytes, entry: Entry, outside: Path, scratch: Path) -> N
         os.symlink(entry.name, path)  # points at itself: ELOOP when followed
     elif kind in ("fifo", "marker_fifo"):
         os.mkfifo(path)
-    elif kind == "socket":
+    elif kind in ("socket", "marker_socket"):
         _socket(path, scratch)
     else:
         raise ValueError(kind)

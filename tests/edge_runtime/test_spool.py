@@ -454,3 +454,66 @@ def test_watcher_falls_back_to_polling_when_inotify_fails(tmp_path):
     watcher.wait(0.05, stop)  # no exception: it waits by polling instead
     watcher.wait(0.05, stop)
     assert watcher.ino is None and broken.closed and time.monotonic() - t0 >= 0.09
+
+
+def test_daemon_takes_an_entry_only_as_it_was_found(tmp_path, tiny_onnx):
+    """Between the scan and the read: a grown entry waits to settle again, a vanished one is dropped quietly,
+    and an entry that is not a tile is quarantined without being read."""
+    spool = tmp_path / "spool"
+    for name in ("grow.npz", "gone.npz"):
+        write_npz_tile(spool / "incoming" / name)
+    (spool / "incoming" / "notes.txt").write_text("not a tile")
+    daemon = _daemon(tiny_onnx, spool)
+    ready = {c.name: c for c in daemon.spool.poll()[0]}
+    with open(ready["grow.npz"].path, "ab") as f:
+        f.write(b"still being written")
+    (spool / "incoming" / "gone.npz").unlink()
+    assert daemon._take(ready["grow.npz"]) == "wait"
+    assert daemon._take(ready["gone.npz"]) == "handled"
+    assert daemon._take(ready["notes.txt"]) == "handled"
+    assert sorted(os.listdir(spool / "failed")) == ["notes.txt", "notes.txt.reason"]
+    assert daemon._queue.empty() and (spool / "incoming" / "grow.npz").exists()
+    assert "invalid tile name" in (spool / "failed" / "notes.txt.reason").read_text()
+
+
+def test_an_unexpected_error_on_one_entry_does_not_stop_the_scan(tmp_path, tiny_onnx, monkeypatch, log_lines):
+    """Whatever goes wrong looking at one entry (here: a bug, simulated), the others are served."""
+    from mosaic_edge.edge_runtime.spool_scan import IncomingScan
+
+    spool = tmp_path / "spool"
+    for i in range(3):
+        write_npz_tile(spool / "incoming" / f"g{i}.npz", seed=i)
+    write_npz_tile(spool / "incoming" / "cursed.npz")
+    real = IncomingScan._inspect
+
+    def inspect(self, name, present, now):
+        if name == "cursed.npz":
+            raise RuntimeError("an entry nobody thought of")
+        return real(self, name, present, now)
+
+    monkeypatch.setattr(IncomingScan, "_inspect", inspect)
+    assert _run(_daemon(tiny_onnx, spool)) == 0
+    assert set(read_results(spool)) == {"g0", "g1", "g2"}
+    reason = (spool / "failed" / "cursed.npz.reason").read_text()
+    assert "cannot inspect entry (RuntimeError: an entry nobody thought of)" in reason
+    assert not [r for r in log_lines() if r["msg"] == "spool scan failed"]
+
+
+def test_an_unexpected_error_taking_one_entry_does_not_stop_the_reader(tmp_path, tiny_onnx, log_lines):
+    spool = tmp_path / "spool"
+    for i in range(3):
+        write_npz_tile(spool / "incoming" / f"g{i}.npz", seed=i)
+    write_npz_tile(spool / "incoming" / "cursed.npz")
+    daemon = _daemon(tiny_onnx, spool)
+    real = daemon.spool.recheck
+
+    def recheck(cand):
+        if cand.name == "cursed.npz":
+            raise RuntimeError("a bug in taking entries")
+        return real(cand)
+
+    daemon.spool.recheck = recheck  # type: ignore[method-assign]
+    assert _run(daemon) == 0
+    assert set(read_results(spool)) == {"g0", "g1", "g2"}
+    assert "internal error: RuntimeError" in (spool / "failed" / "cursed.npz.reason").read_text()
+    assert [r["msg"] for r in log_lines()].count("unexpected error taking an entry") == 1
