@@ -65,7 +65,7 @@ class Samples:
     """Preprocessed model inputs with their labels (what parity and the accuracy report run on).
 
     Attributes:
-        drift: float64 [n] share of each sample's raw values beyond the calibration envelope
+        drifted: bool [n] drift flag of each sample's raw values against the calibration envelope
             (:meth:`~mosaic_edge.envelope.Envelope.check`), or None when no envelope was given.
         origin: Per sample, the source it came from (e.g. ``benv2-mini/validation``).
     """
@@ -74,7 +74,7 @@ class Samples:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray
     ids: tuple[str, ...]
-    drift: np.ndarray | None = None
+    drifted: np.ndarray | None = None
     origin: tuple[str, ...] = ()
 
     def __len__(self) -> int:
@@ -84,7 +84,7 @@ class Samples:
         """The samples at ``index`` (an index array or a slice)."""
         idx = np.arange(len(self))[index]
         return Samples(name or self.name, {k: v[idx] for k, v in self.inputs.items()}, self.labels[idx],
-                       tuple(self.ids[i] for i in idx), None if self.drift is None else self.drift[idx],
+                       tuple(self.ids[i] for i in idx), None if self.drifted is None else self.drifted[idx],
                        tuple(self.origin[i] for i in idx) if self.origin else ())
 
     def composition(self) -> dict[str, int]:
@@ -96,12 +96,12 @@ class Samples:
 
 
 def concat_samples(name: str, parts: Sequence[Samples]) -> Samples:
-    """One :class:`Samples` of ``parts`` in order (drift kept only when every part has it)."""
+    """One :class:`Samples` of ``parts`` in order (drift flags kept only when every part has them)."""
     parts = [p for p in parts if len(p)]
     if not parts:
         raise UserError(f"{name}: no samples to evaluate on")
-    drift = (np.concatenate([p.drift for p in parts if p.drift is not None])
-             if all(p.drift is not None for p in parts) else None)
+    drift = (np.concatenate([p.drifted for p in parts if p.drifted is not None])
+             if all(p.drifted is not None for p in parts) else None)
     return Samples(name, {k: np.concatenate([p.inputs[k] for p in parts]) for k in parts[0].inputs},
                    np.concatenate([p.labels for p in parts]), tuple(i for p in parts for i in p.ids), drift,
                    tuple(o for p in parts for o in (p.origin or (p.name,) * len(p))))
@@ -175,7 +175,7 @@ def collect_samples(name: str, sources: Iterable[Any], contract: Contract, limit
         contract: Normalisation statistics and band order.
         limit: Keep at most this many samples: a seeded uniform draw across all sources (read in order).
         seed: Seed of that draw.
-        envelope: Also record each sample's drift (share of raw values beyond this envelope).
+        envelope: Also record each sample's drift flag against this envelope.
         origin: Source label of every sample (default ``name``).
     """
     from mosaic_edge.data.preprocess import preprocess, stack_bands
@@ -192,7 +192,7 @@ def collect_samples(name: str, sources: Iterable[Any], contract: Contract, limit
     inputs = {"sar": np.empty((n, len(contract.sar_bands), *size), np.float32),
               "optical": np.empty((n, len(contract.optical_bands), *size), np.float32)}
     labels = np.zeros((n, contract.num_classes), np.float32)
-    drift = np.zeros(n) if envelope is not None else None
+    drift = np.zeros(n, bool) if envelope is not None else None
     ids = []
     for k, (s, i) in enumerate(pairs):
         raw = sources[s].read(i)
@@ -203,7 +203,7 @@ def collect_samples(name: str, sources: Iterable[Any], contract: Contract, limit
         if raw.labels is not None:
             labels[k] = raw.labels
         if drift is not None and envelope is not None:
-            drift[k] = envelope.check(sar[None], opt[None]).combined[0]
+            drift[k] = envelope.check(sar[None], opt[None]).drifted[0]
         ids.append(raw.id)
     return Samples(name, inputs, labels, tuple(ids), drift, (origin or name,) * n)
 

@@ -315,7 +315,7 @@ def run_export(checkpoint: str | Path, out_dir: str | Path, config: ExportConfig
         sections["calibration"] = cal.info
         int8 = [name for name, (precision, _) in artefacts.items() if precision == "int8"]
         sections["fallback"], policies = fallback_section(out, sets, cal.tuning, logits, int8, FP32, contract,
-                                                          cal.envelope, cfg.target_agreement, warnings)
+                                                          cfg.target_agreement, warnings)
     report = _report(out, contract, cfg, data, sets, logits, artefacts, results, sections, warnings)
     bad = [r for r in results if r.precision != "int8" and not r.passed]
     if bad:

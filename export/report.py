@@ -179,23 +179,27 @@ def _calibration_lines(cal: Mapping[str, Any]) -> list[str]:
 
 
 def _fallback_lines(fb: Mapping[str, Any]) -> list[str]:
+    tuning = ", ".join(f"`{t}`" for t in fb["tuning_sets"])
     lines = ["", "## Borderline fallback (INT8 -> higher precision)", "",
              "A window is re-run when drifted or when an INT8 logit lies within the margin of its class's threshold "
-             "logit (`|z - logit(t)| <= margin`); re-run windows take fp32's decisions. Margin chosen on "
-             f"`{fb['tuning_set']}` for >= {100 * fb['target_agreement']:.1f}% agreement with fp32.", ""]
+             "logit (`|z - logit(t)| <= margin`); re-run windows take fp32's decisions. The margin is the smallest "
+             f"reaching >= {100 * fb['target_agreement']:.1f}% agreement with fp32 on each of {tuning}.", ""]
     for name, art in fb["artefacts"].items():
         pol = art["policy"]
-        lines += [f"### {name}: margin {pol['margin_logit']:.4g} (logit)", "",
+        lines += [f"### {name}: margin {pol['margin_logit']:.4g} (logit), set by `{art['set_by']}`", "",
                   "| set | n | drifted | INT8 alone | with fallback | re-run |", "|---|---:|---:|---:|---:|---:|"]
         lines += [f"| {s} | {r['n']} | {_pct(r['drifted_fraction'])}% | {_pct(r['int8_agreement'])}% | "
                   f"{_pct(r['agreement'])}% | {_pct(r['rerun_fraction'])}% |" for s, r in art["sets"].items()]
-        lines += ["", f"Trade-off on `{fb['tuning_set']}`:", "", "| margin (logit) | re-run | agreement |",
-                  "|---:|---:|---:|"]
-        lines += [f"| {r['margin_logit']:.4g}{' (chosen)' if r == art['chosen'] else ''} | "
-                  f"{_pct(r['rerun_fraction'])}% | {_pct(r['agreement'])}% |" for r in art["table"]]
+        for set_name, rows in art["tables"].items():
+            lines += ["", f"Trade-off on `{set_name}`:", "", "| margin (logit) | re-run | agreement |",
+                      "|---:|---:|---:|"]
+            lines += [f"| {r['margin_logit']:.4g}{' (chosen)' if r['margin_logit'] == pol['margin_logit'] else ''} | "
+                      f"{_pct(r['rerun_fraction'])}% | {_pct(r['agreement'])}% |" for r in rows]
         lines.append("")
     if fb.get("png_note"):
         lines.append(fb["png_note"])
+    elif fb.get("png"):
+        lines.append(f"![agreement vs re-run]({fb['png']})")
     return lines
 
 
@@ -251,7 +255,8 @@ def write_report(report: Mapping[str, Any], out_dir: str | Path) -> tuple[Path, 
 
 def plot_fallback(curves: Mapping[str, tuple[np.ndarray, np.ndarray, Mapping[str, float]]], target: float,
                   path: str | Path) -> str | None:
-    """``fallback.png``: agreement with fp32 vs fraction re-run, one curve per INT8 artefact, chosen points marked.
+    """``fallback.png``: agreement with fp32 vs fraction re-run, one curve per (INT8 artefact, tuning set), the
+    points at the chosen margin marked.
 
     Returns:
         None when written, else a note saying why not (matplotlib is the optional extra ``plot``).

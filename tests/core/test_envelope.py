@@ -117,3 +117,42 @@ def test_roundtrip_and_bad_shapes() -> None:
         env.check(np.zeros((2, 2, 8, 8), np.float32), np.zeros((2, 11, 8, 8), np.uint16))
     with pytest.raises(ValueError, match="check levels"):
         Envelope(env.bands, env.levels, env.quantiles, check_levels=(0.2, 0.8))
+
+
+def _scenes(n: int, seed: int, coupled: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Windows of varied brightness whose bands follow one spectral signature and whose backscatter rises with
+    the optical brightness (as scenes of one place and sensor pair do); ``coupled=False`` breaks that tie."""
+    rng = np.random.default_rng(seed)
+    sig = np.linspace(0.5, 1.5, 12)
+    level = rng.uniform(800, 2500, (n, 1, 1, 1))
+    opt = level * sig[None, :, None, None] * rng.uniform(0.95, 1.05, (n, 12, 32, 32))
+    sar_level = level if coupled else rng.uniform(800, 2500, (n, 1, 1, 1))
+    sar = -25 + sar_level / 100 + rng.normal(0, 1.0, (n, 2, 32, 32))
+    return sar.astype(np.float32), opt.astype(np.float32)
+
+
+def test_band_statistics_catch_windows_whose_values_are_all_in_range() -> None:
+    env = build_envelope(*_scenes(300, seed=0), CONTRACT)
+    assert env.stats is not None
+    same = env.check(*_scenes(200, seed=1))
+    assert same.drifted.mean() < 0.05  # cross-validated threshold: new in-distribution windows pass
+    # elsewhere: the same ranges of backscatter and brightness, but no longer tied -> every value is in range
+    sar, opt = _scenes(50, seed=2, coupled=False)
+    foreign = env.check(sar, opt)
+    assert (foreign.combined < env.threshold).all()  # the quantile test alone passes them
+    far = np.abs(sar.mean(axis=(1, 2, 3)) + 25 - opt[:, 0].mean(axis=(1, 2)) / 50) > 4  # tie broken by > 4 dB
+    assert far.sum() > 10 and foreign.drifted[far].all()
+    # SAR-only windows are judged on the SAR statistics
+    shifted = env.check(sar + 30.0, None)
+    assert shifted.drifted.all() and env.check(_scenes(50, seed=3)[0], None).drifted.mean() < 0.1
+
+
+def test_few_calibration_windows_use_variances_only() -> None:
+    from mosaic_edge.envelope import MIN_WINDOWS_PER_FEATURE
+
+    small = build_envelope(*_scenes(MIN_WINDOWS_PER_FEATURE * 28 - 1, seed=4), CONTRACT)
+    cov = np.asarray(small.stats.cov)
+    assert np.count_nonzero(cov - np.diag(np.diag(cov))) == 0
+    big = build_envelope(*_scenes(MIN_WINDOWS_PER_FEATURE * 28, seed=4), CONTRACT)
+    assert np.count_nonzero(np.asarray(big.stats.cov) - np.diag(np.diag(big.stats.cov))) > 0
+    assert Envelope.from_dict(big.to_dict()) == big

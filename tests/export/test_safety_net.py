@@ -80,12 +80,18 @@ def test_report_shows_the_fallback_trade_off(calibrated: tuple[Path, list[str]])
     report = json.loads((out / "report.json").read_text())
     fb = report["fallback"]
     assert fb["png"] == "fallback.png" and (out / "fallback.png").stat().st_size > 1000
-    assert "synthetic-validation" in fb["tuning_set"] and "held-out windows" in fb["tuning_set"]
+    assert fb["tuning_sets"][0] == "synthetic-validation" and len(fb["tuning_sets"]) == 3
     for name in (INT8_TRT, INT8_CPU):
         art = fb["artefacts"][name]
-        rows = art["table"]
-        assert [r["rerun_fraction"] for r in rows] == sorted(r["rerun_fraction"] for r in rows)
-        assert art["chosen"] in rows and art["chosen"]["agreement"] >= fb["target_agreement"]
+        margin = art["policy"]["margin_logit"]
+        assert art["set_by"] in fb["tuning_sets"]
+        for set_name, rows in art["tables"].items():
+            assert [r["rerun_fraction"] for r in rows] == sorted(r["rerun_fraction"] for r in rows)
+            chosen = [r for r in rows if r["margin_logit"] == margin]
+            assert len(chosen) == 1 and chosen[0]["agreement"] >= fb["target_agreement"], set_name
+        # the margin is the largest of the per-set minima: on the set that decided it, every smaller one misses
+        assert all(r["agreement"] < fb["target_agreement"] for r in art["tables"][art["set_by"]]
+                   if r["margin_logit"] < margin)
         val = art["sets"]["synthetic-validation"]
         assert val["agreement"] >= fb["target_agreement"] and val["agreement"] >= val["int8_agreement"]
         # checked on the test part, and on windows of each calibration source: the 12 tile windows all went
