@@ -7,6 +7,12 @@ delivered and float32 optical (bands resampled from 20/60 m), with and without t
 Median of interleaved timed calls after warm-up::
 
     python benchmarks/drift_check.py [--calls 3000]
+
+With ``--export DIR --windows SPEC ...`` it instead reports how many windows the envelope of an export flags,
+by the quantile test alone and with the band-statistics test (SPEC as in ``benchmarks/int8_fallback.py``)::
+
+    python benchmarks/drift_check.py --export runs/default/exp-entropy-synth --windows synthetic-test \
+        --windows tests/data/benv2-mini
 """
 
 from __future__ import annotations
@@ -22,10 +28,42 @@ from mosaic_edge.contract import Contract
 from mosaic_edge.envelope import DRIFT_STRIDE, build_envelope
 
 
+def flag_rates(export: str, specs: list[str]) -> None:
+    """Share of windows flagged by the quantile test alone and by the whole check, per set of windows."""
+    import sys
+    from pathlib import Path
+
+    from mosaic_edge.manifest import Manifest
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from int8_fallback import windows
+
+    manifest = Manifest.load(export)
+    env = manifest.envelope
+    if env is None:
+        raise SystemExit(f"{export}: no calibration envelope in its manifest")
+    print(f"envelope of {export}: {env.n_windows} windows, quantile threshold {env.threshold:.3f}, "
+          f"distance threshold {env.stats.threshold if env.stats else float('nan'):.2f}")
+    print("| windows | n | flagged by quantiles | flagged by band statistics | drifted |")
+    print("|---|---:|---:|---:|---:|")
+    for spec in specs:
+        d = windows(spec, manifest.contract, None)
+        res = env.check(d["raw_sar"], d["raw_optical"])
+        quant = res.combined > env.threshold
+        by_stats = res.drifted & ~quant  # flagged by the band statistics only
+        print(f"| {spec} | {len(quant)} | {100 * quant.mean():.1f}% | +{100 * by_stats.mean():.1f}% | "
+              f"{100 * res.drifted.mean():.1f}% |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--export", help="report flag rates of this export's envelope instead of timing")
+    parser.add_argument("--windows", action="append", default=[])
     args = parser.parse_args()
+    if args.export:
+        flag_rates(args.export, args.windows)
+        return
     rng = np.random.default_rng(0)
     contract = Contract()
     env = build_envelope(rng.normal(-15, 4, (128, 2, 48, 48)).astype(np.float32),

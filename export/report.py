@@ -146,7 +146,7 @@ def _ci(v: Mapping[str, Any]) -> str:
     if v.get("drop_pts") is None:
         return "n/a | n/a"
     lo, hi = v["ci95_pts"]
-    return f"{-v['drop_pts']:+.2f} | {-hi:+.2f}..{-lo:+.2f}"
+    return f"{v['drop_pts']:+.2f} | {lo:+.2f}..{hi:+.2f}"
 
 
 def _gate_lines(gate: Mapping[str, Any]) -> list[str]:
@@ -158,7 +158,7 @@ def _gate_lines(gate: Mapping[str, Any]) -> list[str]:
              f"(>= {gate['min_patches']} patches, >= {gate['min_classes']} classes with >= {gate['min_positives']}"
              f" positives; the gate's macro mAP averages those classes); otherwise inconclusive.", ""]
     if gate["artefacts"]:
-        lines += ["| artefact | Δ macro mAP (pts) | 95% CI (pts) | classes | verdict | why |",
+        lines += ["| artefact | drop of macro mAP (pts; + = INT8 worse) | 95% CI (pts) | classes | verdict | why |",
                   "|---|---:|---:|---:|---|---|"]
         lines += [f"| {name} | {_ci(v)} | {v['gate_classes']} | {v['verdict']} | {v['reason']} |"
                   for name, v in gate["artefacts"].items()]

@@ -129,3 +129,25 @@ def test_calib_data_refuses_what_it_cannot_open(tmp_path: Path, contract) -> Non
         ExportConfig(calib_file="c.npz", calib_data=("synthetic",))
     name, src = open_calibration_source("synthetic", contract)
     assert name == "synthetic" and len(src) == 3000 and np.isfinite(src.read(0).sar["VV"]).all()
+
+
+def test_cli_calibrates_on_tiles_and_prints_progress_and_warnings(tmp_path: Path, tiny_checkpoint: Path,
+                                                                  tiles: Path,
+                                                                  capfd: pytest.CaptureFixture[str]) -> None:
+    from mosaic_edge.cli import main
+
+    out = tmp_path / "out"
+    try:
+        main(["export", str(tiny_checkpoint), "--out", str(out), "--int8", "--calib-method", "minmax",
+              "--calib-data", str(tiles), "--eval-limit", "32", "--max-map-drop", "5"])
+    except SystemExit as exc:
+        assert exc.code in (0, None)
+    captured = capfd.readouterr()
+    err = captured.err.splitlines()
+    assert any(line.startswith("INT8: minmax calibration on 12 patches") for line in err)
+    assert "warning: calibration set: only 12 patches" in captured.err  # and the gate on 32 patches:
+    assert "warning: INT8 gate inconclusive" in captured.err
+    assert "Collecting tensor data" not in captured.out + captured.err
+    assert "Please consider" not in captured.out + captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert [d["drawn"] for d in report["calibration"]["sources"]] == [12]
