@@ -208,7 +208,7 @@ def _int8_artefacts(out: Path, contract: Contract, cfg: ExportConfig, data: Data
         tuning=tuning)
 
 
-# ---- steps 4-5: parity, evaluation ---------------------------------------------------------------------
+# ---- step 3: eval_sets.evaluation_sets; steps 4-5: parity, evaluation ----------------------------------
 def _parity(model: Any, out: Path, artefacts: Mapping[str, tuple[str, str]], sets: EvalSets, contract: Contract,
             cfg: ExportConfig) -> list[par.ParityResult]:
     """Parity against torch on the first samples of every labelled set (fp32/fp16 enforced, INT8 recorded)."""
@@ -233,7 +233,7 @@ def _evaluate(out: Path, artefacts: Mapping[str, tuple[str, str]], sets: EvalSet
     return logits
 
 
-# ---- steps 7-8: report, manifest -----------------------------------------------------------------------
+# ---- step 6: safety.fallback_section; steps 7-8: report, manifest --------------------------------------
 def _report(out: Path, contract: Contract, cfg: ExportConfig, data: DataSpec, sets: EvalSets,
             logits: Mapping[str, Mapping[str, np.ndarray]], artefacts: Mapping[str, tuple[str, str]],
             results: list[par.ParityResult], sections: Mapping[str, Any], warnings: list[str]) -> dict[str, Any]:
@@ -322,6 +322,7 @@ def run_export(checkpoint: str | Path, out_dir: str | Path, config: ExportConfig
         raise ParityError("parity check failed: " + "; ".join(r.describe() for r in bad))
     check_gate(report)
 
+    # Every check passed on the artefacts as written; the manifest hashes them as they are now.
     files = {"report.json": "accuracy-report"}
     if cal is not None:
         files = {CALIB_NPZ: "calibration-set", CALIB_CACHE: "tensorrt-calib-cache", **files}

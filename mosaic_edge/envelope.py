@@ -217,11 +217,12 @@ class Envelope:
         denom = np.full((n, len(self.bands)), float(m))
         if valid is not None and not valid.all():
             out[:, self.n_sar:] &= valid[:, None]
-            denom[:, self.n_sar:] = np.maximum(valid.sum(axis=1), 1)[:, None]
+            n_valid = valid.sum(axis=1)
+            denom[:, self.n_sar:] = np.where(n_valid > 0, n_valid, np.inf)[:, None]
         counts = np.zeros((n, len(self.bands)))
         counts[:, : x.shape[1]] = out.view(np.uint8).sum(axis=2, dtype=np.int32)  # 2x count_nonzero's speed
         if valid is None:
-            denom[:, self.n_sar:] = np.inf  # SAR-only: no optical values judged
+            denom[:, self.n_sar:] = np.inf  # no optical values judged (SAR-only, or all no-data above)
         per_band = counts / denom
         combined = counts.sum(axis=1) / np.where(np.isinf(denom), 0.0, denom).sum(axis=1)
         drifted = combined > self.threshold

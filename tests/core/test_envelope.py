@@ -90,6 +90,11 @@ def test_uint16_and_float_inputs_agree_and_no_data_is_ignored() -> None:
     sar_only = env.check(sar, None)
     np.testing.assert_array_equal(sar_only.per_band[:, :2], a.per_band[:, :2])
     assert (sar_only.per_band[:, 2:] == 0).all()
+    np.testing.assert_allclose(sar_only.combined, a.per_band[:, :2].mean(axis=1))
+    # a tile without optical handed over as zeros (L2A no-data everywhere) is judged like a SAR-only one
+    blank = env.check(sar, np.zeros_like(opt))
+    np.testing.assert_allclose(blank.combined, sar_only.combined)
+    np.testing.assert_allclose(blank.distance, sar_only.distance, rtol=1e-5)
 
 
 def test_check_samples_every_stride_th_pixel() -> None:
