@@ -141,15 +141,20 @@ def input_dtypes(proto: Any) -> dict[str, str]:
 
 
 def finish_inputs(manifest: Manifest, input_form: str) -> Manifest:
-    """The last export step: give every artefact ``input_form`` inputs and record them in the manifest.
+    """The last export step: give every artefact ``input_form`` inputs, record them, save the manifest.
 
     With ``"raw"`` each ONNX artefact of ``manifest`` is rewritten with the prologue (atomically: temp file +
-    rename) and the manifest's contract says ``input_form: "raw"``; with ``"standardised"`` the files stay as
-    they are. Either way every artefact's entry is re-recorded with its SHA-256 and its ``input_dtypes``.
+    rename), the calibration cache's and the calibrated ranges' entries of the inputs move to the standardised
+    tensors, and the contract says ``input_form: "raw"``; the manifest written before is removed first, so an
+    interrupted rewrite never leaves one that vouches for the files. With ``"standardised"`` the files stay as
+    they are. Either way every artefact's entry records its ``input_dtypes`` and current SHA-256.
 
     Raises:
         UserError: an unknown form, or an artefact that cannot take a prologue.
     """
+    from mosaic_edge.contract import sha256_file
+    from mosaic_edge.manifest import MANIFEST_NAME
+
     onnx = require("onnx")
     if input_form not in INPUT_FORMS:
         raise UserError(f"--input-form must be one of {list(INPUT_FORMS)}, got {input_form!r}")
@@ -158,6 +163,10 @@ def finish_inputs(manifest: Manifest, input_form: str) -> Manifest:
     if root is None:
         raise UserError("finish_inputs needs a manifest with its directory")
     rewrite = input_form == "raw" and contract.input_form != "raw"
+    renamed = standardised_names(contract) if rewrite else {}
+    if rewrite:
+        (root / MANIFEST_NAME).unlink(missing_ok=True)
+    artefacts = {}
     for name, art in sorted(manifest.artefacts.items()):
         path = root / name
         proto = onnx.load(str(path))
@@ -166,14 +175,15 @@ def finish_inputs(manifest: Manifest, input_form: str) -> Manifest:
             tmp = path.with_name(f".{path.name}.raw.tmp")
             onnx.save(proto, str(tmp))
             tmp.replace(path)
-        manifest = manifest.with_artefact(name, art.precision, art.target, opset=art.opset, inputs=art.inputs,
-                                          input_dtypes=input_dtypes(proto), outputs=art.outputs,
-                                          notes=art.notes)
+        artefacts[name] = replace(art, sha256=sha256_file(path), input_dtypes=input_dtypes(proto),
+                                  calibrated_ranges={renamed.get(k, k): v for k, v in art.calibrated_ranges.items()})
+    manifest = replace(manifest, artefacts=artefacts, contract=contract.replace(input_form=input_form))
     for name, entry in sorted(manifest.files.items()):
         if rewrite and entry.get("kind") == CALIB_CACHE_KIND:
-            _rename_cache_entries(root / name, standardised_names(contract))
+            _rename_cache_entries(root / name, renamed)
             manifest = manifest.with_file(name, CALIB_CACHE_KIND)
-    return replace(manifest, contract=contract.replace(input_form=input_form))
+    manifest.save()
+    return manifest
 
 
 def _rename_cache_entries(path: Path, names: dict[str, str]) -> None:

@@ -14,13 +14,17 @@ def export(
     fp16: bool = typer.Option(False, "--fp16", help="Also write model.fp16.onnx (fp32 I/O)."),
     int8: bool = typer.Option(False, "--int8", help="Also write INT8 Q/DQ models + calib files."),
     calib_method: str = typer.Option("entropy", "--calib-method", help="entropy | percentile | minmax."),
-    calib_size: int = typer.Option(256, "--calib-size", help="Calibration patches from the training split."),
+    calib_size: int = typer.Option(256, "--calib-size", help="Calibration patches (training split or --calib-data)."),
     calib_file: Path | None = typer.Option(None, "--calib-file", help="Reuse this calib.npz."),
+    calib_data: list[str] = typer.Option([], "--calib-data", help="Calibrate on this data root, 'synthetic' or "
+                                         "folder of spool tiles instead of the training split (repeatable)."),
     data: str | None = typer.Option(None, "--data", help="Data to check against: synthetic or a dataset root "
                                     "(default: what the checkpoint was trained on)."),
     eval_data: list[str] = typer.Option([], "--eval-data", help="Extra labelled root (repeatable)."),
-    eval_limit: int = typer.Option(512, "--eval-limit", help="Most test patches evaluated (0: all)."),
+    eval_limit: int = typer.Option(512, "--eval-limit", help="Most gate patches (validation+test; 0: all)."),
     max_map_drop: float = typer.Option(1.0, "--max-map-drop", help="INT8 gate: max macro-mAP drop, pts."),
+    target_agreement: float = typer.Option(0.995, "--target-agreement",
+                                           help="INT8 fallback: decision agreement with fp32 to reach."),
     quant_backend: str = typer.Option("onnxruntime", "--quant-backend", help="onnxruntime|modelopt|auto"),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (>= 17)."),
     input_form: str = typer.Option("raw", "--input-form", help="raw: artefacts take physical units and "
@@ -30,11 +34,13 @@ def export(
     from mosaic_edge.export.pipeline import ExportConfig, run_export
 
     config = ExportConfig(fp16=fp16, int8=int8, calib_method=calib_method, calib_size=calib_size,
-                          calib_file=str(calib_file) if calib_file else None, data=data,
-                          eval_data=tuple(eval_data), eval_limit=eval_limit or None,
-                          max_map_drop_pts=max_map_drop, quant_backend=quant_backend, opset=opset,
-                          input_form=input_form)
-    result = run_export(checkpoint, out, config)
+                          calib_file=str(calib_file) if calib_file else None, calib_data=tuple(calib_data),
+                          data=data, eval_data=tuple(eval_data), eval_limit=eval_limit or None,
+                          max_map_drop_pts=max_map_drop, target_agreement=target_agreement,
+                          quant_backend=quant_backend, opset=opset, input_form=input_form)
+    result = run_export(checkpoint, out, config, progress=lambda line: typer.echo(line, err=True))
+    for line in result.warnings:
+        typer.echo(f"warning: {line}", err=True)
     for name, art in result.manifest.artefacts.items():
         typer.echo(f"{out / name}  {art.precision:<4}  target={art.target}")
     typer.echo(f"report: {out / 'report.md'}  manifest: {out / 'manifest.json'}")
