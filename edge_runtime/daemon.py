@@ -332,7 +332,7 @@ class Daemon:
         inflight = list(dict.fromkeys(i for i, _, _ in items))
         t0 = time.perf_counter()
         try:
-            batch = pipeline.fill(self.runner.input_buffers(self.batch), [(i.job, a, b) for i, a, b in items])
+            batch = pipeline.batch_inputs(self.runner, self.batch, [(i.job, a, b) for i, a, b in items])
             t1 = time.perf_counter()
             out = self.runner.infer(batch)
         except Exception as exc:  # noqa: BLE001 - fail these tiles, keep serving

@@ -8,8 +8,11 @@ caller runs -- and the profiler times -- exactly the same code:
 * :func:`verify`: the SHA-256 of those bytes (a tile's identity for exactly-once; no second read);
 * :func:`prepare`: whole-tile model inputs in the artefact's input form, per-pixel optical validity, the
   mostly-invalid-SAR rule (:func:`mosaic_edge.edge_runtime.tiles.prepare_tile`);
-* :func:`cut`: window positions, per-window optical invalid fractions and the answering head; the pixels are
-  copied only by :func:`fill`, straight into a batch buffer (the runner's :meth:`~Runner.input_buffers`);
+* :func:`cut`: window positions, per-window optical invalid fractions and the answering head, and the windows
+  themselves cast into one contiguous block per tile (in the runner's input dtype) -- so the thread that feeds
+  the engine only moves whole blocks (:func:`batch_inputs`: a view when a batch lies in one tile, else one
+  copy per tile into the runner's :meth:`~Runner.input_buffers`); a tile whose windows would take more than
+  ``precut_max_bytes`` is cut straight into the batch buffers by :func:`fill` instead;
 * :func:`result_files`: the JSON Lines (and GeoJSON) bytes of a finished tile, built once.
 
 One-shot prediction and the spool daemon therefore produce byte-for-byte the same records for the same tile
@@ -28,6 +31,7 @@ import numpy as np
 
 from mosaic_edge import patching
 from mosaic_edge.contract import Contract
+from mosaic_edge.data.tiff import GeoInfo
 from mosaic_edge.edge_runtime import postprocess
 from mosaic_edge.edge_runtime.runner import Runner
 from mosaic_edge.edge_runtime.tiles import PreparedTile, prepare_tile
@@ -40,21 +44,26 @@ class Job:
     """One tile cut into windows, collecting the model outputs of its patches.
 
     Attributes:
-        prepared: Whole-tile model inputs (the windows are cut from it by :func:`fill`).
         windows: Patch positions, row-major.
         heads: Per window, "fused" or "sar" (which logits answer).
         optical_invalid: Per window, the fraction of unusable optical pixels.
         input_sha256: Identity of the input (recorded in every result record).
+        geo: Georeferencing of the tile (None: records carry no bounds).
+        inputs: The windows, cut: input name -> [n, C, P, P] in the input dtype; None when they are cut from
+            ``source`` batch by batch.
+        source: Whole-tile inputs (only while ``inputs`` is None).
         timings_ms: Host time per stage of this tile.
     """
 
     tile_id: str
     name: str
-    prepared: PreparedTile
     windows: list[patching.Window]
     heads: list[str]
     optical_invalid: np.ndarray
     input_sha256: str
+    geo: GeoInfo | None = None
+    inputs: dict[str, np.ndarray] | None = None
+    source: PreparedTile | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     n_done: int = 0
     logits: dict[str, np.ndarray] = field(default_factory=dict)
@@ -82,9 +91,15 @@ def prepare(tile: Tile, contract: Contract, limits: TileLimits = TileLimits()) -
     return prepare_tile(tile, contract, limits)
 
 
+# A tile's windows are cut into one contiguous block when it takes at most this much (a 1200 x 1200 px scene of
+# 120 px windows: 80 MB; larger tiles are cut batch by batch, so queued tiles never hold more than their input).
+PRECUT_MAX_BYTES = 96 << 20
+
+
 def cut(prepared: PreparedTile, contract: Contract, name: str, input_sha256: str, stride: int | None = None,
-        limits: TileLimits = TileLimits()) -> Job:
-    """Plan the windows of a prepared tile: positions, optical invalid fractions, heads (no pixel copies)."""
+        limits: TileLimits = TileLimits(), precut_max_bytes: int = PRECUT_MAX_BYTES) -> Job:
+    """Plan the windows of a prepared tile (positions, optical invalid fractions, heads) and cut them into one
+    contiguous block of the contract's input dtype when it fits in ``precut_max_bytes``."""
     height, width = prepared.shape
     wins = patching.windows(height, width, contract.patch_size, stride)
     if not prepared.optical_usable:
@@ -92,7 +107,15 @@ def cut(prepared: PreparedTile, contract: Contract, name: str, input_sha256: str
     else:
         inv = patching.invalid_fractions(prepared.optical_invalid, wins)
     heads = postprocess.choose_heads(inv, limits.max_invalid_fraction)
-    return Job(prepared.id, name, prepared, wins, heads, inv, input_sha256)
+    job = Job(prepared.id, name, wins, heads, inv, input_sha256, prepared.geo, source=prepared)
+    shapes = {k: (len(wins), *(int(d) for d in v[1:])) for k, v in contract.input_shapes().items()}
+    dtypes = {k: np.dtype(contract.input_dtype(k)) for k in shapes}
+    if sum(int(np.prod(v)) * dtypes[k].itemsize for k, v in shapes.items()) <= precut_max_bytes:
+        job.inputs = {k: np.empty(shapes[k], dtypes[k]) for k in shapes}
+        patching.cut_into(job.inputs["sar"], prepared.sar, wins)
+        patching.cut_into(job.inputs["optical"], prepared.optical, wins)
+        job.source = None  # the tile's arrays (views into the file's bytes) can go
+    return job
 
 
 def fill(buffers: dict[str, np.ndarray], parts: Sequence[tuple[Job, int, int]]) -> dict[str, np.ndarray]:
@@ -104,13 +127,25 @@ def fill(buffers: dict[str, np.ndarray], parts: Sequence[tuple[Job, int, int]]) 
         parts: ``(job, a, b)`` slices of jobs' windows.
     """
     row = 0
-    sar, optical = buffers["sar"], buffers["optical"]
     for job, a, b in parts:
-        wins = job.windows[a:b]
-        patching.cut_into(sar[row:row + b - a], job.prepared.sar, wins)
-        patching.cut_into(optical[row:row + b - a], job.prepared.optical, wins)
+        for name, buf in buffers.items():
+            if job.inputs is not None:
+                buf[row:row + b - a] = job.inputs[name][a:b]  # one contiguous copy
+            else:
+                assert job.source is not None
+                patching.cut_into(buf[row:row + b - a], getattr(job.source, name), job.windows[a:b])
         row += b - a
-    return {"sar": sar[:row], "optical": optical[:row]}
+    return {name: buf[:row] for name, buf in buffers.items()}
+
+
+def batch_inputs(runner: Runner, rows: int, parts: Sequence[tuple[Job, int, int]]) -> dict[str, np.ndarray]:
+    """The model inputs of a batch: views of a job's cut windows when the batch lies in one job, else
+    :func:`fill` into ``runner.input_buffers(rows)``."""
+    if len(parts) == 1 and parts[0][0].inputs is not None:
+        job, a, b = parts[0]
+        assert job.inputs is not None
+        return {name: arr[a:b] for name, arr in job.inputs.items()}
+    return fill(runner.input_buffers(rows), parts)
 
 
 def store_outputs(job: Job, start: int, outputs: dict[str, np.ndarray]) -> None:
@@ -133,7 +168,7 @@ def job_records(job: Job, runner: Runner) -> list[dict[str, Any]]:
     """The JSON Lines records of a finished job, as dicts."""
     scores = postprocess.patch_scores(job.logits, job.heads)
     return postprocess.tile_records(job.tile_id, job.windows, job.heads, scores, runner.contract,
-                                    job.prepared.geo, job.optical_invalid, _extra(job, runner))
+                                    job.geo, job.optical_invalid, _extra(job, runner))
 
 
 def result_files(job: Job, runner: Runner) -> tuple[bytes, bytes | None]:
@@ -143,7 +178,7 @@ def result_files(job: Job, runner: Runner) -> tuple[bytes, bytes | None]:
     """
     scores = postprocess.patch_scores(job.logits, job.heads)
     return postprocess.encode_tile(job.tile_id, job.windows, job.heads, scores, runner.contract,
-                                   job.prepared.geo, job.optical_invalid, _extra(job, runner))
+                                   job.geo, job.optical_invalid, _extra(job, runner))
 
 
 # ---- a whole tile ------------------------------------------------------------------------------------------
@@ -165,13 +200,12 @@ def load(path: Path, tile_id: str, contract: Contract, limits: TileLimits = Tile
 
 
 def infer_job(runner: Runner, job: Job, batch: int = 8) -> None:
-    """Run all windows of ``job`` through an active ``runner``, ``batch`` at a time (``fill`` + ``infer``)."""
+    """Run all windows of ``job`` through an active ``runner``, ``batch`` at a time."""
     batch = min(batch, runner.max_batch or batch)
-    buffers = runner.input_buffers(batch)
     for a in range(0, job.n, batch):
         b = min(a + batch, job.n)
         t0 = time.perf_counter()
-        inputs = fill(buffers, [(job, a, b)])
+        inputs = batch_inputs(runner, batch, [(job, a, b)])
         t1 = time.perf_counter()
         store_outputs(job, a, runner.infer(inputs))
         t2 = time.perf_counter()

@@ -307,8 +307,7 @@ def runtime_pipeline(runner: Any, results_root: Path, stride: int | None = None)
         return rt.cut(prepared, contract, path.name, digest, stride)
 
     def batch(jobs: list[Any]) -> dict[str, np.ndarray]:
-        rows = sum(j.n for j in jobs)
-        return rt.fill(runner.input_buffers(rows), [(j, 0, j.n) for j in jobs])
+        return rt.batch_inputs(runner, sum(j.n for j in jobs), [(j, 0, j.n) for j in jobs])
 
     def postprocess(jobs: list[Any], out: Mapping[str, np.ndarray]) -> list[tuple[str, bytes, bytes | None]]:
         results, start = [], 0

@@ -288,3 +288,32 @@ def test_encoded_tile_is_byte_for_byte_json_dumps_of_the_records(contract, geo):
     assert (geojson is None) == (geo is None)
     with pytest.raises(ValueError, match="not JSON compliant"):
         postprocess.encode_tile("T-1", wins, heads, scores * np.nan, c, g, inv, extra)
+
+
+def test_windows_cut_once_per_tile_or_batch_by_batch_give_the_same_batches(tmp_path, contract):
+    from mosaic_edge.edge_runtime import pipeline
+    from tests.support.runtime import write_tiny_export
+
+    raw = contract.replace(input_form="raw")
+    path = write_npz_tile(tmp_path / "w.npz", 40, 50, seed=6)
+    prepared = prepare_tile(read_tile(path), raw)
+    whole = pipeline.cut(prepared, raw, "w.npz", "")
+    lazy = pipeline.cut(prepared, raw, "w.npz", "", precut_max_bytes=0)
+    assert whole.inputs is not None and whole.source is None  # the file's bytes are no longer held
+    assert lazy.inputs is None and lazy.source is prepared and whole.n == lazy.n == 12
+    assert whole.inputs["optical"].dtype == np.float32 and whole.inputs["optical"].flags.c_contiguous
+
+    from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner
+
+    model = write_tiny_export(tmp_path / "m", contract)
+    with OnnxRuntimeRunner(model / "model.onnx", threads=1) as r:
+        parts = [(whole, 3, 9)]
+        view = pipeline.batch_inputs(r, 8, parts)
+        assert all(np.shares_memory(view[k], whole.inputs[k]) for k in view)  # one job: no copy at all
+        for a, b in ((0, 5), (5, 12)):
+            got = pipeline.fill(r.input_buffers(16), [(whole, a, b), (lazy, 0, 2)])
+            want = pipeline.fill({k: np.empty_like(v) for k, v in r.input_buffers(16).items()},
+                                 [(lazy, a, b), (whole, 0, 2)])
+            for k in got:
+                np.testing.assert_array_equal(got[k], want[k])
+                assert len(got[k]) == b - a + 2
