@@ -11,8 +11,8 @@ caller runs -- and the profiler times -- exactly the same code:
 * :func:`cut`: window positions, per-window optical invalid fractions and the answering head, and the windows
   themselves cast into one contiguous block per tile (in the runner's input dtype) -- so the thread that feeds
   the engine only moves whole blocks (:func:`batch_inputs`: a view when a batch lies in one tile, else one
-  copy per tile into the runner's :meth:`~Runner.input_buffers`); a tile whose windows would take more than
-  ``precut_max_bytes`` is cut straight into the batch buffers by :func:`fill` instead;
+  copy per tile into the runner's :meth:`~Runner.input_buffers`); a large tile, whose windows would take more
+  than :data:`PRECUT_MAX_BYTES`, is cut straight into the batch buffers by :func:`fill` instead;
 * :func:`result_files`: the JSON Lines (and GeoJSON) bytes of a finished tile, built once.
 
 One-shot prediction and the spool daemon therefore produce byte-for-byte the same records for the same tile
@@ -91,9 +91,11 @@ def prepare(tile: Tile, contract: Contract, limits: TileLimits = TileLimits()) -
     return prepare_tile(tile, contract, limits)
 
 
-# A tile's windows are cut into one contiguous block when it takes at most this much (a 1200 x 1200 px scene of
-# 120 px windows: 80 MB; larger tiles are cut batch by batch, so queued tiles never hold more than their input).
-PRECUT_MAX_BYTES = 96 << 20
+# A tile's windows are cut into one contiguous block when it takes at most this much: a 120 px tile of 48 px
+# windows takes 1.2 MB. A 1200 x 1200 px scene of 120 px windows would take 80 MB of fresh memory (page faults
+# cost more than the copy); it is cut batch by batch into the runner's reused buffers instead, and queued
+# scenes hold no more than their input.
+PRECUT_MAX_BYTES = 8 << 20
 
 
 def cut(prepared: PreparedTile, contract: Contract, name: str, input_sha256: str, stride: int | None = None,
