@@ -151,10 +151,6 @@ class TileFiles:
             h.update(data)
         return h.hexdigest()
 
-    @property
-    def nbytes(self) -> int:
-        return sum(len(d) for _, d in self.files)
-
 
 def _read_file(path: str | Path, max_bytes: int | None = None) -> memoryview:
     """All bytes of one file, read straight into one buffer (no zero-filling, no growing). A symlink or a FIFO
