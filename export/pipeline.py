@@ -224,10 +224,14 @@ def run_export(checkpoint: str | Path, out_dir: str | Path,
         convert_fp16(out / FP32, out / FP16)
         artefacts[FP16] = ("fp16", "any")
         notes[FP16] = {"io": "float32"}
+    lint = None
     if cfg.int8:
+        from mosaic_edge.calibration.trt_lint import lint_tensorrt_qdq
+
         notes.update(_int8_artefacts(out, contract, cfg, synthetic))
         artefacts[INT8_TRT] = ("int8", "tensorrt")
         artefacts[INT8_CPU] = ("int8", "cpu")
+        lint = lint_tensorrt_qdq(out / INT8_TRT)  # would TensorRT run it as fused INT8 on an fp16 base?
 
     # Parity against torch on the first samples of every set; fp32/fp16 are enforced, INT8 is recorded (its
     # binding check is the accuracy gate below).
@@ -250,12 +254,15 @@ def run_export(checkpoint: str | Path, out_dir: str | Path,
     report = build_report(evaluated, contract, reference=FP32, gate_set=gate_set,
                           max_map_drop_pts=cfg.max_map_drop_pts,
                           extra={"config": asdict(cfg),
-                                 "parity": [r.to_dict() for r in results]})
+                                 "parity": [r.to_dict() for r in results],
+                                 "trt_lint": lint.to_dict() if lint is not None else None})
     write_report(report, out)
     bad = [r for r in results if r.precision != "int8" and not r.passed]
     if bad:
         raise ParityError("parity check failed: " + "; ".join(r.describe() for r in bad))
     check_gate(report)
+    if lint is not None and not lint.passed:
+        raise UserError(f"{INT8_TRT} fails the TensorRT placement lint: " + "; ".join(lint.failures))
 
     manifest = Manifest.create(contract, out)
     for name, (precision, target) in artefacts.items():
