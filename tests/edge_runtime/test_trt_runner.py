@@ -358,18 +358,24 @@ def test_serve_trt_exits_0_after_sigterm(gpu, trt_export: Path, tmp_path: Path, 
         write_npz_tile(spool / "incoming" / f"t{i}.npz", seed=i)
         (spool / "incoming" / f"t{i}.ready").touch()
 
+    returned = threading.Event()
+
     def stop_when_done() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and len(list((spool / "results").glob("*.jsonl"))) < 3:
-            time.sleep(0.05)
+            if returned.wait(0.05):
+                return  # serve ended by itself (a failure): never signal the test process
         os.kill(os.getpid(), signal.SIGTERM)
 
     killer = threading.Thread(target=stop_when_done)
     killer.start()
-    with pytest.raises(SystemExit) as info:
-        main(["serve", "--model", str(export), "--spool", str(spool), "--runner", "trt", "--engine-dir",
-              str(tmp_path / "e"), "--settle-s", "0", "--poll-s", "0.05", "--max-wait-ms", "5"])
-    killer.join()
+    try:
+        with pytest.raises(SystemExit) as info:
+            main(["serve", "--model", str(export), "--spool", str(spool), "--runner", "trt", "--engine-dir",
+                  str(tmp_path / "e"), "--settle-s", "0", "--poll-s", "0.05", "--max-wait-ms", "5"])
+    finally:
+        returned.set()
+        killer.join()
     assert info.value.code == 0, capsys.readouterr().err
     assert len(list((spool / "results").glob("*.jsonl"))) == 3
     records = [json.loads(line) for p in (spool / "results").glob("*.jsonl") for line in p.read_text().splitlines()]

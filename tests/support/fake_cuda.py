@@ -272,6 +272,9 @@ def make_pycuda(driver: Driver) -> types.ModuleType:
     class _Owned:
         """A pycuda object freed in its context: current, or pushed by pycuda from the owning thread."""
 
+        hid: int | None = None  # stays None when the constructor failed (no context): nothing to free
+        kind = ""
+
         def __init__(self, hid: int, kind: str):
             self.hid, self.kind, self.thread = hid, kind, threading.get_ident()
 

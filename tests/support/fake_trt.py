@@ -392,7 +392,7 @@ def make_trt(version: str = "10.3.0", driver: Driver | None = None, reject: str 
 
     # ---- runtime side --------------------------------------------------------------------------------------
     def _owned_by_current(obj: Any, what: str) -> None:
-        cur = drv.current()
+        cur = drv.runtime_ctx()  # TensorRT goes through cudart: with no current context, the primary one
         if cur is not obj.ctx:
             raise FakeCudaError(f"{what}: TensorRT object of the {obj.ctx} used while {cur or 'no context'} is current")
 
