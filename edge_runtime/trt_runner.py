@@ -91,14 +91,18 @@ class TensorRTRunner(Runner):
         self._logger = self._trt.Logger(self._trt.Logger.WARNING)
         is_file = isinstance(engine, (str, Path))
         self.engine_path: Path | None = Path(engine) if is_file else (Path(engine_path) if engine_path else None)
+        self._engine: Any = None
         try:
             if cuda_graphs and not self._cuda.supports_graphs:
                 raise UserError(f"CUDA graphs need the cuda-python adapter, not {self._cuda.backend}")
             with self._cuda.current():
-                self._engine = load_engine(self._trt, Path(engine), self._logger) if is_file else engine
-                self._read_io(contract)
+                try:
+                    self._engine = load_engine(self._trt, Path(engine), self._logger) if is_file else engine
+                    self._read_io(contract)
+                except BaseException:
+                    self._engine = engine = None  # released while its context is current
+                    raise
         except BaseException:
-            self._engine = None
             self._cuda.close()
             raise
         max_batch = min(int(p[2][0]) for p in self.profile.values())
@@ -133,7 +137,11 @@ class TensorRTRunner(Runner):
             if self._cuda.closed:
                 self._reopen()
             with self._cuda.current():
-                self._allocate()
+                try:
+                    self._allocate()
+                except BaseException:
+                    self._release()  # what was allocated before the failure (e.g. a refused address)
+                    raise
 
     def _reopen(self) -> None:
         if self.engine_path is None:
@@ -326,6 +334,7 @@ def open_trt_runner(
         BUILDER_VERSION,
         BatchRange,
         build_engine,
+        check_trt_version,
         profile_shapes,
         resolve_artefact,
         trt_version_of,
@@ -333,6 +342,7 @@ def open_trt_runner(
 
     trt = require("tensorrt", extra="trt")
     version = trt_version_of(trt)
+    check_trt_version(version)  # before a cached engine of an unsupported TensorRT could be loaded
     art = resolve_artefact(model, precision, trt_version=version)
     if contract is not None and art.contract is not None:
         contract.check_compatible(art.contract, what=str(model))

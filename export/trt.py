@@ -117,11 +117,16 @@ class BuildPlan:
     calibrator: bool
 
 
-def plan_build(trt_version: Version, precision: str, onnx_precision: str, calib_cache: bool) -> BuildPlan:
-    """The flags of a ``precision`` engine from an ``onnx_precision`` ONNX on this TensorRT, or a clear refusal."""
+def check_trt_version(trt_version: Version) -> None:
+    """Refuse a TensorRT older than 8.6 in one line naming the version found."""
     if trt_version < OLDEST_TRT:
         raise UserError(f"TensorRT {trt_version} is too old: mosaic-edge needs TensorRT >= {OLDEST_TRT} "
                         "(JetPack 6.0 or newer)")
+
+
+def plan_build(trt_version: Version, precision: str, onnx_precision: str, calib_cache: bool) -> BuildPlan:
+    """The flags of a ``precision`` engine from an ``onnx_precision`` ONNX on this TensorRT, or a clear refusal."""
+    check_trt_version(trt_version)
     for what, p in (("precision", precision), ("ONNX precision", onnx_precision)):
         if p not in PRECISIONS:
             raise UserError(f"{what} must be one of {PRECISIONS}, got {p!r}")

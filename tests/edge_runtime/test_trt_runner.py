@@ -233,6 +233,28 @@ def test_timings_split_copies_execution_and_capture(gpu, tiny_onnx: Path, tmp_pa
                 assert "graph_capture_ms" not in r.last_timings
 
 
+def test_profile_labels_and_keys_of_the_trt_timings(gpu, tiny_onnx: Path, tmp_path: Path) -> None:
+    """``profile`` moves the copies to h2d/d2h, keeps GPU execution apart and the graph capture out of both."""
+    from mosaic_edge.edge_runtime import profile_report, profiling
+
+    graphs = gpu.backend == "cuda-python"
+    clock = profiling.StageClock()
+    with _runner(gpu, _engine(gpu, tiny_onnx), tmp_path, cuda_graphs=graphs) as r:
+        for _ in range(2):
+            with clock.iteration():
+                profiling._infer_timed(r, _batch(4), clock)
+    assert set(r.last_timings) >= {*profiling.RUNNER_SPLIT_KEYS.values(), profiling.DEVICE_KEY}
+    assert len(clock.extra["inference_device"]) == 2 and clock.samples["h2d"][-1] == r.last_timings["h2d_ms"]
+    assert len(clock.extra.get("graph_capture", [])) == (1 if graphs else 0)  # first call of the size only
+    head = profile_report.render_table({
+        "stages": list(profiling.STAGES), "environment": {}, "notes": [],
+        "configurations": [{"runner": "trt", "precision": "int8", "batch": 4, "artefact": "m", "artefact_sha256": "h",
+                            "stages": {s: {"p50_ms": 0.1} for s in profiling.STAGES},
+                            "device": {"p50_ms": 0.05}, "end_to_end": {"p50_ms": 1, "p90_ms": 1, "p99_ms": 1},
+                            "throughput_tiles_s": 1.0, "energy_per_tile_mj": None}]}).splitlines()[1]
+    assert {"h2d copy", "infer host", "d2h copy", "gpu exec"} <= {c.strip() for c in head.split("  ") if c.strip()}
+
+
 @pytest.mark.parametrize("reject", ["shape", "address"])
 def test_shape_and_address_failures_name_the_tensor(gpu, tiny_onnx: Path, tmp_path: Path, reject: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
@@ -243,8 +265,8 @@ def test_shape_and_address_failures_name_the_tensor(gpu, tiny_onnx: Path, tmp_pa
     what = "input shape" if reject == "shape" else "device address"
     with pytest.raises(RuntimeError, match=f"rejected .*{what}.*'sar'|rejected the {what} of tensor 'sar'"):
         r.activate()
-    r._active = True  # activate failed half-way: deactivate must still release what it got
-    r.deactivate()
+    assert not r.is_active and not r._host and not r._dev  # what activate got before the failure is released
+    r.close()
 
 
 def test_fp16_io_engine_is_staged_in_fp16_and_returns_float32(gpu, tmp_path: Path) -> None:

@@ -148,6 +148,10 @@ def test_tensorrt_below_8_6_is_refused_naming_the_version(qdq_onnx: Path, tmp_pa
     monkeypatch.setitem(sys.modules, "tensorrt", old)
     with pytest.raises(UserError, match=r"TensorRT 8\.5\.3\.1 is too old.*>= 8\.6"):
         build_engine(qdq_onnx, tmp_path / "x.engine", "int8")
+    from mosaic_edge.edge_runtime.trt_runner import open_trt_runner
+
+    with pytest.raises(UserError, match=r"TensorRT 8\.5\.3\.1 is too old"):
+        open_trt_runner(qdq_onnx, "int8", engine_dir=tmp_path / "e")
     assert old.calls == []
 
 
