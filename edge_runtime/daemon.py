@@ -29,14 +29,19 @@ import numpy as np
 from mosaic_edge.edge_runtime import pipeline
 from mosaic_edge.edge_runtime.commit import Committer
 from mosaic_edge.edge_runtime.logs import get_logger
-from mosaic_edge.edge_runtime.metrics_http import Metrics, MetricsServer
+from mosaic_edge.edge_runtime.metrics_http import Metrics
 from mosaic_edge.edge_runtime.runner import Runner
-from mosaic_edge.edge_runtime.spool import Candidate, IncomingWatcher, Spool, valid_tile_id
-from mosaic_edge.edge_runtime.tiles import MissingPartnerError, TileLimits, fingerprint
+from mosaic_edge.edge_runtime.spool import Candidate, IncomingWatcher, Spool, SpoolGone
+from mosaic_edge.edge_runtime.spool_names import escape
+from mosaic_edge.edge_runtime.watchdog import Supervisor
 from mosaic_edge.errors import DataError, UserError
+from mosaic_edge.tile_format import MissingPartnerError, TileLimits, fingerprint
 
 log = get_logger()
 _SENTINEL: Any = object()
+# Exit code when a spool folder vanishes while running: EX_TEMPFAIL, so systemd's Restart=on-failure starts a
+# fresh daemon (exit code 2, a configuration error, is not restarted).
+EXIT_SPOOL_GONE = 75
 
 
 @dataclass(frozen=True)
@@ -58,11 +63,14 @@ class ServeConfig:
     disk_retry_s: float = 1.0
     disk_retry_max_s: float = 30.0
     inotify: bool = True
+    stall_s: float = 300.0  # waiting work without progress for this long: unhealthy (watchdog restart)
 
     def __post_init__(self) -> None:
         if (self.batch < 1 or self.max_wait_ms < 0 or self.settle_s < 0 or self.queue_tiles < 1
                 or self.write_queue < 1):
             raise UserError("batch and queue sizes must be >= 1; max-wait and settle times >= 0")
+        if self.stall_s <= 0:
+            raise UserError("the stall time (--stall-s) must be > 0")
 
 
 class Daemon:
@@ -86,6 +94,8 @@ class Daemon:
         self._committer = Committer(self.spool, runner, self.metrics, self._stop, self._fail, self._release,
                                     config.disk_retry_s, config.disk_retry_max_s, config.write_queue)
 
+    _spool_error: str | None = None  # set when a spool folder vanished: run() exits with EXIT_SPOOL_GONE
+
     def stop(self, *_: object) -> None:
         self._stop.set()
 
@@ -96,24 +106,31 @@ class Daemon:
             self._ids.discard(cand.tile_id)
 
     def _fail(self, name: str, tile_id: str, reason: str) -> None:
+        """Quarantine an entry with a one-line reason; one that cannot be moved is reported once and skipped."""
+        if self._spool_error is not None:
+            return  # the spool is gone: nothing can be moved; the restarted daemon sees what is left
         reason = reason.replace(f"{self.spool.incoming}/", "")  # relative names: shorter, no host paths
-        try:
-            with self._fail_lock:
-                dest = self.spool.move_failed(name, reason)
-        except OSError as exc:
-            log.error("cannot move tile to failed/", extra={"fields": {"tile": tile_id, "error": str(exc)}})
-            return
-        self.metrics.inc("tiles_failed")
-        log.warning("tile failed", extra={"fields": {"tile": tile_id, "failed_as": dest, "reason": reason}})
+        with self._fail_lock:
+            q = self.spool.quarantine(name, reason)
+        entry = escape(name)
+        if q.dest is not None:
+            self.metrics.inc("tiles_failed")
+            log.warning("tile failed", extra={"fields": {"tile": entry, "failed_as": q.dest, "reason": reason}})
+        elif q.first_report:
+            log.error("cannot move entry to failed/; skipped until it changes", extra={"fields": {
+                "entry": entry, "reason": reason, "error": q.unmovable}})
+        self.metrics.set("spool_unmovable_entries", len(self.spool.unmovable))
 
     def _take(self, cand: Candidate) -> str:
         """Handle one ready entry: queue it, settle it (fail/recover), or leave it ("wait")."""
         if self._stop.is_set():
             return "wait"  # shutting down: leave it in incoming/ unread
-        if not valid_tile_id(cand.tile_id) or (cand.path.is_file() and not cand.name.endswith(".npz")):
-            self._fail(cand.name, cand.tile_id, f"invalid tile name {cand.name!r}: expected <id>.npz or a "
-                       "folder <id>/ with id of letters, digits, '.', '_', '-' (no '..')")
+        if cand.problem is not None:  # not a tile (kind, name or marker): found by the scan
+            self._fail(cand.name, cand.tile_id, cand.problem)
             return "handled"
+        state = self.spool.recheck(cand)  # grown, replaced or removed since the scan?
+        if state != "same":
+            return "wait" if state == "changed" else "handled"
         with self._lock:
             if cand.tile_id in self._ids:
                 return "wait"  # same id in flight: decided once that one is finished
@@ -165,16 +182,25 @@ class Daemon:
                    f"{cand.tile_id}.jsonl exists and {what}")
 
     def _reader(self) -> None:
+        """Scan, take, wait; one entry's failure never stops the loop, a vanished spool ends the daemon."""
         waiter = IncomingWatcher(self.spool.incoming, self.config.inotify)
+        handled: dict[str, tuple] = {}
+        reported: set[str] = set()
         try:
             while not self._stop.is_set():
                 try:
-                    with self._lock:
-                        skip = set(self._names)
-                    ready, pending = self.spool.poll(skip)
-                    waiting = sum(self._take(c) == "wait" for c in ready)
-                except Exception:  # noqa: BLE001 - e.g. the spool folder vanished; keep trying
-                    log.exception("spool scan failed")
+                    ready, pending, waiting, handled = self._scan(handled)
+                except SpoolGone as exc:
+                    self._spool_error = str(exc)
+                    log.error("spool folder removed or replaced; exiting so that the service manager restarts "
+                              "the daemon", extra={"fields": {"error": str(exc), "exit_code": EXIT_SPOOL_GONE}})
+                    self._stop.set()
+                    break
+                except Exception as exc:  # noqa: BLE001 - a bug in the scan: said once, never every second
+                    key = f"{type(exc).__name__}: {exc}"
+                    if key not in reported:
+                        reported.add(key)
+                        log.exception("spool scan failed", extra={"fields": {"error": key}})
                     ready, pending, waiting = [], 1, 0
                 if self.config.once and not ready and pending == 0 and waiting == 0:
                     break
@@ -183,6 +209,34 @@ class Daemon:
         finally:
             waiter.close()
             self._queue.put(_SENTINEL)
+
+    def _scan(self, handled: dict[str, tuple]) -> tuple[list[Candidate], int, int, dict[str, tuple]]:
+        """One scan of incoming/: take every ready entry, each behind its own error boundary."""
+        with self._lock:
+            skip = set(self._names)
+        ready, pending = self.spool.poll(skip)
+        self.metrics.note_backlog(len(ready), len(skip))  # a take that hangs is a stall (watchdog)
+        self.metrics.set("spool_pending_entries", pending)
+        waiting, now_handled = 0, {}
+        for cand in ready:
+            if handled.get(cand.name) == cand.signature:  # handled last round, yet still there unchanged
+                self._fail(cand.name, cand.tile_id, "still in incoming/ after it was handled")
+                continue
+            try:
+                outcome = self._take(cand)
+            except Exception as exc:  # noqa: BLE001 - one entry never stops the others
+                log.exception("unexpected error taking an entry", extra={"fields": {"entry": escape(cand.name)}})
+                self._fail(cand.name, cand.tile_id, f"internal error: {type(exc).__name__}: {exc}")
+                outcome = "handled"
+            if outcome == "wait":
+                waiting += 1
+            elif outcome == "handled":
+                now_handled[cand.name] = cand.signature
+        with self._lock:
+            in_flight = len(self._names)
+        self.metrics.note_backlog(0, in_flight)  # entries left waiting (a partner, an id in flight) are no stall
+        self.metrics.set("spool_unmovable_entries", len(self.spool.unmovable))
+        return ready, pending, waiting, now_handled
 
     # ---- inference side ------------------------------------------------------------------------------------
     def _gather(self, backlog: deque) -> list[tuple[pipeline.Job, int, int]] | None:
@@ -270,11 +324,10 @@ class Daemon:
                 log.error("cannot load the model",
                           extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
                 return 2
-            server = None
-            if self.config.metrics_port is not None:
-                server = MetricsServer(self.metrics, self.config.metrics_port, self.config.metrics_host)
-                server.__enter__()
-                self.metrics_address = server.address
+            service = Supervisor(self.metrics, self.config.stall_s, self.config.metrics_port,
+                                 self.config.metrics_host)  # /metrics, /healthz, sd_notify + watchdog
+            service.start()
+            self.metrics_address = service.address
             log.info("serving", extra={"fields": {
                 "spool": str(self.spool.root), "runner": self.runner.describe(),
                 "temp_files_removed": removed, "metrics": self.metrics_address}})
@@ -300,11 +353,10 @@ class Daemon:
             reader.join()
             self._committer.close()  # after the last batch: the writer commits everything, then returns
             writer.join()
-            if server is not None:
-                server.__exit__(None, None, None)
+            service.stop()
             self.runner.deactivate()
             log.info("stopped", extra={"fields": dict(self.metrics.counters)})
-            return 0
+            return EXIT_SPOOL_GONE if self._spool_error is not None else 0
         finally:
             for sig, handler in restore.items():
                 signal.signal(sig, handler)

@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
+from mosaic_edge import patching
 from mosaic_edge.contract import Contract
 from mosaic_edge.data.tiff import GeoInfo
-from mosaic_edge.edge_runtime import patching, postprocess
+from mosaic_edge.edge_runtime import postprocess
 from mosaic_edge.edge_runtime.runner import Runner, run_batched
-from mosaic_edge.edge_runtime.tiles import TileLimits, fingerprint, prepare_tile, read_tile
+from mosaic_edge.edge_runtime.tiles import prepare_tile
 from mosaic_edge.errors import DataError
+from mosaic_edge.tile_format import TileLimits, fingerprint, read_tile
 
 
 @dataclass(eq=False)  # identity semantics: jobs are dict keys and queue items
@@ -57,7 +59,8 @@ def load_job(path: Path, tile_id: str, contract: Contract, limits: TileLimits = 
     tile = read_tile(path, tile_id, limits, allow_sar_only=allow_sar_only)
     t1 = time.perf_counter()
     prep = prepare_tile(tile, contract, limits)
-    wins = patching.windows(*prep.shape, contract.patch_size, stride)
+    height, width = prep.shape
+    wins = patching.windows(height, width, contract.patch_size, stride)
     inv = patching.invalid_fractions(prep.optical_invalid, wins)
     heads = postprocess.choose_heads(inv, limits.max_invalid_fraction)
     sar, opt = patching.cut(prep.sar, wins), patching.cut(prep.optical, wins)

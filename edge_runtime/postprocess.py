@@ -22,24 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from mosaic_edge.contract import Contract
+from mosaic_edge.contract import Contract, sigmoid
 from mosaic_edge.data.tiff import GeoInfo
-from mosaic_edge.edge_runtime.patching import Window
+from mosaic_edge.patching import Window
 
 # head name in records -> contract output holding its logits
 HEAD_OUTPUTS = {"fused": "logits", "sar": "logits_sar"}
 SCORE_DIGITS = 6
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """Numerically stable logistic function, float64."""
-    x = np.asarray(x, dtype=np.float64)
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    ex = np.exp(x[~pos])
-    out[~pos] = ex / (1.0 + ex)
-    return out
 
 
 def choose_heads(optical_invalid: np.ndarray, max_invalid: float) -> list[str]:

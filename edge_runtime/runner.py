@@ -27,9 +27,6 @@ from mosaic_edge.errors import ContractMismatchError, UserError
 from mosaic_edge.manifest import Manifest
 from mosaic_edge.optional import available, require
 
-# Key of the contract JSON inside an ONNX model's metadata_props (written by export).
-CONTRACT_METADATA_KEY = "mosaic_edge.contract"
-
 
 class Runner:
     """Base of every runner: context-manager lifecycle plus contract checks around :meth:`_infer`.
@@ -121,17 +118,6 @@ class Runner:
                 "max_batch": self.max_batch}
 
 
-def contract_from_onnx_metadata(metadata: Mapping[str, str], what: str) -> Contract | None:
-    """Parse the contract stored in an ONNX model's metadata (None when absent)."""
-    text = metadata.get(CONTRACT_METADATA_KEY)
-    if text is None:
-        return None
-    try:
-        return Contract.from_json(text)
-    except (ContractMismatchError, TypeError, ValueError) as exc:
-        raise ContractMismatchError(f"{what}: contract in ONNX metadata is unusable: {exc}") from exc
-
-
 class OnnxRuntimeRunner(Runner):
     """ONNX Runtime on CPU or CUDA.
 
@@ -191,7 +177,7 @@ class OnnxRuntimeRunner(Runner):
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types for a bad file
             raise UserError(f"{self.model_path}: onnxruntime cannot load it: {exc}") from exc
         self._session = sess if self.providers == ["CPUExecutionProvider"] else None
-        return contract_from_onnx_metadata(sess.get_modelmeta().custom_metadata_map, str(self.model_path))
+        return Contract.from_metadata(sess.get_modelmeta().custom_metadata_map, str(self.model_path))
 
     def _activate(self) -> None:
         if self._session is None:
@@ -221,15 +207,6 @@ class OnnxRuntimeRunner(Runner):
 
 
 # ---- artefact selection ------------------------------------------------------------------------------------
-def select_artefact(manifest: Manifest, target: str, precision: str) -> Path:
-    """Path of the artefact for ``target`` ("cpu", "cuda", "tensorrt") at ``precision``.
-
-    A target-specific artefact wins over a ``target: "any"`` one; on CPU and the CUDA EP an INT8 artefact
-    meant for TensorRT (``target: "tensorrt"``) is never chosen (:meth:`Manifest.artefact_for`).
-    """
-    return manifest.artefact_for(target, precision)
-
-
 def _resolve(model: Path, target: str, precision: str) -> tuple[Path, Contract | None, str]:
     """(artefact path, manifest contract or None, verified sha256 or "")."""
     if model.is_file():
@@ -237,7 +214,7 @@ def _resolve(model: Path, target: str, precision: str) -> tuple[Path, Contract |
     if not model.is_dir():
         raise UserError(f"model not found: {model}")
     manifest = Manifest.load(model)
-    path = select_artefact(manifest, target, precision)
+    path = manifest.artefact_for(target, precision)  # never a TensorRT-only INT8 artefact on CPU/CUDA EP
     manifest.verify(path)  # refuses a corrupted or replaced artefact
     return path, manifest.contract, manifest.artefacts[path.name].sha256
 

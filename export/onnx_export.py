@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from mosaic_edge.contract import Contract
+from mosaic_edge.contract import METADATA_KEY, Contract
 from mosaic_edge.errors import UserError
 from mosaic_edge.optional import require
 
@@ -23,8 +23,6 @@ from mosaic_edge.optional import require
 # TensorRT 8.6+ / 10.x and ORT >= 1.14 all accept) and the highest JetPack 5 (TensorRT 8.5) parses.
 DEFAULT_OPSET = 17
 MIN_OPSET = 17
-# Key of the contract JSON in ``ModelProto.metadata_props`` (read by the runtime without the export stage).
-CONTRACT_METADATA_KEY = "mosaic_edge.contract"
 BATCH_DIM = "N"
 EXPORTERS = ("legacy", "dynamo")
 
@@ -84,13 +82,13 @@ def inline_identities(proto: Any) -> int:
 
 
 def set_contract_metadata(proto: Any, contract: Contract) -> None:
-    """Write ``contract`` as compact JSON under :data:`CONTRACT_METADATA_KEY`, replacing an older entry."""
-    kept = [p for p in proto.metadata_props if p.key != CONTRACT_METADATA_KEY]
+    """Write ``contract`` into ``metadata_props`` (:meth:`Contract.to_metadata`), replacing an older entry."""
+    entries = contract.to_metadata()
+    kept = [p for p in proto.metadata_props if p.key not in entries]
     del proto.metadata_props[:]
     proto.metadata_props.extend(kept)
-    entry = proto.metadata_props.add()
-    entry.key = CONTRACT_METADATA_KEY
-    entry.value = contract.to_json(indent=None)
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
 
 
 def read_contract(model: str | Path | Any) -> Contract:
@@ -101,11 +99,11 @@ def read_contract(model: str | Path | Any) -> Contract:
     """
     onnx = require("onnx")
     proto = onnx.load(str(model), load_external_data=False) if isinstance(model, (str, Path)) else model
-    for prop in proto.metadata_props:
-        if prop.key == CONTRACT_METADATA_KEY:
-            return Contract.from_json(prop.value)
-    what = model if isinstance(model, (str, Path)) else "model"
-    raise UserError(f"{what}: no {CONTRACT_METADATA_KEY} metadata (not exported by mosaic-edge?)")
+    what = str(model) if isinstance(model, (str, Path)) else "model"
+    contract = Contract.from_metadata({p.key: p.value for p in proto.metadata_props}, what)
+    if contract is None:
+        raise UserError(f"{what}: no {METADATA_KEY} metadata (not exported by mosaic-edge?)")
+    return contract
 
 
 def _dims(value_info: Any) -> list[int | str]:

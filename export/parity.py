@@ -165,15 +165,6 @@ def run_torch(model: Any, inputs: Mapping[str, np.ndarray], batch_size: int = 32
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x.astype(np.float64)))
-
-
-def decisions(logits: np.ndarray, contract: Contract) -> np.ndarray:
-    """Boolean [N, C]: ``sigmoid(logit) >= threshold`` with the contract's per-class thresholds."""
-    return sigmoid(logits) >= np.asarray(contract.thresholds, dtype=np.float64)
-
-
 def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndarray], contract: Contract,
             precision: str, artefact: str = "candidate", reference_name: str = "torch",
             samples: str = "") -> ParityResult:
@@ -185,7 +176,7 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
         raise UserError(f"{artefact}: outputs {missing} missing")
     absdiff = {k: np.abs(candidate[k].astype(np.float64) - reference[k]) for k in contract.output_names}
     diffs = {k: float(d.max()) for k, d in absdiff.items()}
-    flips = decisions(candidate["logits"], contract) != decisions(reference["logits"], contract)
+    flips = contract.decide(candidate["logits"]) != contract.decide(reference["logits"])
     return ParityResult(
         artefact=artefact, reference=reference_name, samples=samples, precision=precision,
         n=len(reference["logits"]), max_abs_logit_diff=max(diffs[k] for k in LOGIT_OUTPUTS),

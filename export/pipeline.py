@@ -17,12 +17,13 @@ accident.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mosaic_edge.contract import Contract
+from mosaic_edge.data.sources import SYNTHETIC, DataSpec
 from mosaic_edge.errors import UserError
 from mosaic_edge.export import parity as par
 from mosaic_edge.export.fp16 import convert_fp16
@@ -56,8 +57,9 @@ class ExportConfig:
         calib_seed: Seed of the calibration sampling.
         calib_file: Use this saved ``calib.npz`` instead of sampling one.
         quant_backend: "onnxruntime", "modelopt" or "auto" for the TensorRT artefact (the CPU one is ORT).
-        data: "synthetic" or a dataset root; its test split is the gate set, its train split the calibration
-            pool.
+        data: "synthetic" or a dataset root; None: the data the checkpoint was trained on (its recorded
+            :class:`~mosaic_edge.data.sources.DataSpec`). Its test split is the gate set, its train split the
+            calibration pool.
         eval_data: Further labelled roots evaluated on all their splits (e.g. the real BigEarthNet v2 sample).
         eval_limit: Cap on test-split samples evaluated (None: all).
         parity_limit: Samples of each set used for the torch parity checks.
@@ -73,7 +75,7 @@ class ExportConfig:
     calib_seed: int = 0
     calib_file: str | None = None
     quant_backend: str = "onnxruntime"
-    data: str = "synthetic"
+    data: str | None = None
     eval_data: tuple[str, ...] = ()
     eval_limit: int | None = 512
     parity_limit: int = 64
@@ -99,69 +101,51 @@ class ExportResult:
     parity: tuple[par.ParityResult, ...] = field(default_factory=tuple)
 
 
-# Fields of the training config that define the synthetic benchmark a checkpoint was trained on.
-_SYNTHETIC_KEYS = ("seed", "n_train", "n_val", "n_test", "patch_size")
+def export_data(checkpoint_extra: Mapping[str, Any], contract: Contract, override: str | None) -> DataSpec:
+    """The data an export checks against: ``override`` (``--data``) or what the checkpoint was trained on.
 
+    An overriding synthetic benchmark is generated at the model's patch size.
 
-def synthetic_options(extra: dict[str, Any], contract: Contract) -> dict[str, Any]:
-    """``SyntheticConfig`` kwargs of the benchmark a checkpoint was trained on.
-
-    Read from the checkpoint's ``extra["train_config"]`` (the training config, dict or JSON) when present,
-    so calibration and the gate use that benchmark's train/test splits; otherwise the default benchmark at the
-    contract's patch size.
+    Raises:
+        UserError: no override and the checkpoint records no data source.
     """
-    train_cfg = extra.get("train_config") or extra.get("config") or {}
-    if isinstance(train_cfg, str):
-        try:
-            train_cfg = json.loads(train_cfg)
-        except json.JSONDecodeError:
-            train_cfg = {}
-    opts = {k: train_cfg[k] for k in _SYNTHETIC_KEYS if isinstance(train_cfg, dict) and k in train_cfg}
-    opts["patch_size"] = contract.patch_size
-    return opts
+    if override is not None:
+        return DataSpec(override, {"patch_size": contract.patch_size} if override == SYNTHETIC else {})
+    recorded = checkpoint_extra.get("data_spec")
+    if recorded is None:
+        raise UserError("the checkpoint records no data source (written by an older mosaic-edge?); "
+                        "pass --data synthetic or --data /path/to/dataset")
+    return DataSpec.from_dict(recorded)
 
 
-def _open(data: str, split: str, synthetic: dict[str, Any], everything: bool) -> Any:
+def _sources(spec: DataSpec, splits: tuple[str, ...], contract: Contract, everything: bool = False) -> list[Any]:
+    """The non-empty ``splits`` of ``spec``; ``everything``: an evaluation root keeps its snowy/cloudy pairs."""
     from mosaic_edge.data.benv2 import SNOW_CLOUD_METADATA
-    from mosaic_edge.data.sources import detect_kind, open_source
 
-    kind = detect_kind(data)
-    if kind == "synthetic":
-        return open_source(data, split=split, **synthetic)
-    if kind == "benv2" and everything and (Path(data) / SNOW_CLOUD_METADATA).is_file():
-        # an evaluation root: keep its snowy/cloudy pairs too, the runtime will meet such tiles
-        return open_source(data, split=split, include_snow_cloud=True)
-    return open_source(data, split=split)
-
-
-def _sources(data: str, splits: tuple[str, ...], contract: Contract, synthetic: dict[str, Any],
-             everything: bool = False) -> list[Any]:
-    from mosaic_edge.data.sources import detect_kind
-
-    detect_kind(data)  # a wrong path fails here with its own message, not as "no samples"
+    kind = spec.kind  # a wrong path fails here with its own message, not as "no samples"
+    extra = ({"include_snow_cloud": True}
+             if everything and kind == "benv2" and (Path(spec.data) / SNOW_CLOUD_METADATA).is_file() else {})
     found = []
     for split in splits:
         try:
-            src = _open(data, split, synthetic, everything)
+            src = spec.open(split, **extra)
         except UserError:
             continue  # a root without this split
         if tuple(src.classes) != tuple(contract.classes):
-            raise UserError(f"{data}: its {len(src.classes)} classes differ from the model's "
+            raise UserError(f"{spec.data}: its {len(src.classes)} classes differ from the model's "
                             f"{contract.num_classes} (or their order does)")
         if len(src):
             found.append(src)
     if not found:
-        raise UserError(f"{data}: no samples in splits {list(splits)}")
+        raise UserError(f"{spec.data}: no samples in splits {list(splits)}")
     return found
 
 
-def _set_name(data: str, split: str | None) -> str:
-    base = data if data == "synthetic" else Path(data).name
-    return f"{base}-{split}" if split else base
+def _set_name(spec: DataSpec, split: str | None) -> str:
+    return f"{spec.name}-{split}" if split else spec.name
 
 
-def _int8_artefacts(out: Path, contract: Contract, cfg: ExportConfig,
-                    synthetic: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _int8_artefacts(out: Path, contract: Contract, cfg: ExportConfig, data: DataSpec) -> dict[str, dict[str, Any]]:
     """Calibration set, the TensorRT and CPU Q/DQ models and the TensorRT cache; returns manifest notes."""
     from mosaic_edge.calibration import (
         load_calibration_set,
@@ -174,7 +158,7 @@ def _int8_artefacts(out: Path, contract: Contract, cfg: ExportConfig,
     if cfg.calib_file:
         calib = load_calibration_set(cfg.calib_file, contract)
     else:
-        (train,) = _sources(cfg.data, ("train",), contract, synthetic)
+        (train,) = _sources(data, ("train",), contract)
         calib = sample_calibration_set(train, contract, size=cfg.calib_size, seed=cfg.calib_seed)
     save_calibration_set(out / CALIB_NPZ, calib, contract)
     n = len(calib["sar"])
@@ -206,15 +190,16 @@ def run_export(checkpoint: str | Path, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # never leave a stale manifest next to new files
     model, contract = load_checkpoint(checkpoint)
-    synthetic = synthetic_options(dict(read_checkpoint(checkpoint).get("extra") or {}), contract)
+    data = export_data(read_checkpoint(checkpoint).get("extra") or {}, contract, cfg.data)
 
     # Evaluation sets: the test split of the export data (the gate set) and every extra labelled root.
-    gate_set = _set_name(cfg.data, "test")
-    srcs = _sources(cfg.data, ("test",), contract, synthetic)
+    gate_set = _set_name(data, "test")
+    srcs = _sources(data, ("test",), contract)
     sets = {gate_set: par.collect_samples(gate_set, srcs, contract, cfg.eval_limit)}
     for root in cfg.eval_data:
-        name = _set_name(root, None)
-        srcs = _sources(root, EVAL_SPLITS, contract, synthetic, everything=True)
+        spec = DataSpec(root)
+        name = _set_name(spec, None)
+        srcs = _sources(spec, EVAL_SPLITS, contract, everything=True)
         sets[name] = par.collect_samples(name, srcs, contract, cfg.eval_limit)
 
     export_onnx(model, contract, out / FP32, opset=cfg.opset, exporter=cfg.exporter)
@@ -228,7 +213,7 @@ def run_export(checkpoint: str | Path, out_dir: str | Path,
     if cfg.int8:
         from mosaic_edge.calibration.trt_lint import lint_tensorrt_qdq
 
-        notes.update(_int8_artefacts(out, contract, cfg, synthetic))
+        notes.update(_int8_artefacts(out, contract, cfg, data))
         artefacts[INT8_TRT] = ("int8", "tensorrt")
         artefacts[INT8_CPU] = ("int8", "cpu")
         lint = lint_tensorrt_qdq(out / INT8_TRT)  # would TensorRT run it as fused INT8 on an fp16 base?
@@ -253,7 +238,7 @@ def run_export(checkpoint: str | Path, out_dir: str | Path,
         evaluated[set_name] = (samples.labels, runs)
     report = build_report(evaluated, contract, reference=FP32, gate_set=gate_set,
                           max_map_drop_pts=cfg.max_map_drop_pts,
-                          extra={"config": asdict(cfg),
+                          extra={"config": asdict(cfg), "data": data.to_dict(),
                                  "parity": [r.to_dict() for r in results],
                                  "trt_lint": lint.to_dict() if lint is not None else None})
     write_report(report, out)

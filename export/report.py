@@ -17,9 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from mosaic_edge.contract import Contract
+from mosaic_edge.contract import Contract, sigmoid
 from mosaic_edge.errors import UserError
-from mosaic_edge.export.parity import decisions, sigmoid
 
 REPORT_SCHEMA = 1
 # The bound: one percentage point of macro mAP. Configurable (--max-map-drop), recorded in the report.
@@ -64,7 +63,7 @@ def score_set(labels: np.ndarray, runs: list[Evaluated], contract: Contract,
     if reference not in by_name:
         raise UserError(f"reference artefact {reference} was not evaluated")
     ref = by_name[reference]
-    ref_prob, ref_dec = sigmoid(ref.logits), decisions(ref.logits, contract)
+    ref_prob, ref_dec = sigmoid(ref.logits), contract.decide(ref.logits)
     ref_ap = _per_class_ap(labels, ref_prob)
     out: dict[str, Any] = {}
     for run in runs:
@@ -78,7 +77,7 @@ def score_set(labels: np.ndarray, runs: list[Evaluated], contract: Contract,
             "macro_map": _nan_to_none(macro),
             "micro_map": _nan_to_none(_micro_ap(labels, prob)),
             "macro_map_delta_pts": _nan_to_none(100.0 * (macro - ref_macro)),
-            "agreement": float((decisions(run.logits, contract) == ref_dec).mean()),
+            "agreement": float((contract.decide(run.logits) == ref_dec).mean()),
             "max_prob_diff": float(np.max(np.abs(prob - ref_prob))),
             "per_class_ap": {c: _nan_to_none(a) for c, a in zip(contract.classes, ap, strict=True)},
             "per_class_ap_delta": {c: _nan_to_none(a - r)

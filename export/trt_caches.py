@@ -23,8 +23,8 @@ from typing import Any
 
 from packaging.version import Version
 
-from mosaic_edge.calibration.trt_cache import ALGORITHM, parse_calib_cache, trt_version_int
 from mosaic_edge.errors import UserError
+from mosaic_edge.trt_calib_cache import ALGORITHM, parse_calib_cache, trt_version_int
 
 log = logging.getLogger(__name__)
 

@@ -76,9 +76,32 @@ SAR_DB_RANGE: tuple[float, float] = (-50.0, 10.0)
 # S2 L2A reflectance x 1e4 is clipped to this range; 0 is the L2A no-data value and bright clouds stay below 15000.
 OPTICAL_RANGE: tuple[float, float] = (0.0, 15000.0)
 
+# Key of the contract JSON in an ONNX model's ``metadata_props`` (written by export, read by the runtime).
+METADATA_KEY = "mosaic_edge.contract"
+
 INPUT_NAMES: tuple[str, ...] = ("sar", "optical")
 # Fused logits, per-modality logits (the SAR head answers when optical is missing/cloudy), and both embeddings.
 OUTPUT_NAMES: tuple[str, ...] = ("logits", "logits_sar", "logits_optical", "emb_sar", "emb_optical")
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function in float64 (no overflow for logits of any size)."""
+    x = np.asarray(x, dtype=np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+
+
+def decide(logits: np.ndarray, thresholds: Any) -> np.ndarray:
+    """The label rule of every stage: class ``c`` is present when ``sigmoid(logit_c) >= thresholds[c]``.
+
+    Args:
+        logits: ``[..., C]`` raw logits.
+        thresholds: ``C`` per-class thresholds on the probability.
+
+    Returns:
+        Boolean ``[..., C]``.
+    """
+    return sigmoid(logits) >= np.asarray(thresholds, dtype=np.float64)
 
 
 def _floats(values: Any) -> tuple[float, ...]:
@@ -152,8 +175,9 @@ class Contract:
         p = self.patch_size
         return {"sar": (batch, len(self.sar_bands), p, p), "optical": (batch, len(self.optical_bands), p, p)}
 
-    def input_dtypes(self) -> dict[str, str]:
-        return {name: "float32" for name in self.input_names}
+    def decide(self, logits: np.ndarray) -> np.ndarray:
+        """Boolean ``[N, C]`` decisions of ``logits`` at this contract's thresholds (:func:`decide`)."""
+        return decide(logits, self.thresholds)
 
     def validate_batch(self, batch: Mapping[str, np.ndarray]) -> int:
         """Check names, dtypes and shapes of a model input batch; return the batch size.
@@ -250,6 +274,25 @@ class Contract:
         if not isinstance(data, dict):
             raise ContractMismatchError("contract JSON is not an object")
         return cls.from_dict(data)
+
+    def to_metadata(self) -> dict[str, str]:
+        """The ``metadata_props`` entry carrying this contract in an ONNX model (compact JSON)."""
+        return {METADATA_KEY: self.to_json(indent=None)}
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, str], what: str = "model") -> Contract | None:
+        """The contract stored in an ONNX model's metadata, None when there is none.
+
+        Raises:
+            ContractMismatchError: the entry exists but is not a usable contract.
+        """
+        text = metadata.get(METADATA_KEY)
+        if text is None:
+            return None
+        try:
+            return cls.from_json(text)
+        except (ContractMismatchError, TypeError, ValueError) as exc:
+            raise ContractMismatchError(f"{what}: contract in ONNX metadata is unusable: {exc}") from exc
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)

@@ -11,6 +11,7 @@ data order is a pure function of ``(seed, epoch)`` and a resumed run sees the sa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,13 +21,17 @@ import torch
 
 from mosaic_edge.contract import Contract
 from mosaic_edge.data.base import PatchDataset, PatchSource
+from mosaic_edge.data.sources import SYNTHETIC, DataSpec
 from mosaic_edge.train.config import TrainConfig
 
 
-def synthetic_config(cfg: TrainConfig) -> Any:
+def data_spec(cfg: TrainConfig) -> DataSpec:
+    """The data of a training config as a :class:`DataSpec` (what the checkpoint records)."""
+    if cfg.data != SYNTHETIC:
+        return DataSpec(cfg.data)
     from mosaic_edge.data.synthetic import SyntheticConfig
 
-    return SyntheticConfig(
+    synthetic = SyntheticConfig(
         seed=cfg.seed,
         n_train=cfg.n_train,
         n_val=cfg.n_val,
@@ -34,28 +39,17 @@ def synthetic_config(cfg: TrainConfig) -> Any:
         patch_size=cfg.patch_size,
         stats_samples=min(256, max(cfg.n_train, 1)),
     )
+    return DataSpec(SYNTHETIC, dataclasses.asdict(synthetic))
 
 
 def open_split(cfg: TrainConfig, split: str) -> PatchSource:
-    """The :class:`PatchSource` of ``split`` for the config's data spec."""
-    if cfg.data == "synthetic":
-        from mosaic_edge.data.synthetic import SyntheticMosaic
-
-        return SyntheticMosaic(synthetic_config(cfg), split)
-    from mosaic_edge.data.sources import open_source
-
-    return open_source(cfg.data, split)
+    """The :class:`PatchSource` of ``split`` for the config's data."""
+    return data_spec(cfg).open(split)
 
 
 def contract_for_config(cfg: TrainConfig) -> Contract:
     """Normalisation statistics, classes and patch size of the config's data (no thresholds tuned yet)."""
-    if cfg.data == "synthetic":
-        from mosaic_edge.data.synthetic import synthetic_contract
-
-        return synthetic_contract(synthetic_config(cfg))
-    from mosaic_edge.data.sources import contract_for
-
-    return contract_for(cfg.data)
+    return data_spec(cfg).contract()
 
 
 @dataclass

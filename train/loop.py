@@ -37,7 +37,7 @@ from mosaic_edge.errors import UserError
 from mosaic_edge.train.augment import AugmentConfig, augment_pair
 from mosaic_edge.train.checkpoint import save_checkpoint
 from mosaic_edge.train.config import TrainConfig
-from mosaic_edge.train.data import contract_for_config, epoch_batches, load_split
+from mosaic_edge.train.data import contract_for_config, data_spec, epoch_batches, load_split
 from mosaic_edge.train.distributed import DistInfo, all_reduce_mean, init_distributed, shutdown_distributed
 from mosaic_edge.train.evaluate import linear_probe, tune_and_test
 from mosaic_edge.train.finetune import finetune
@@ -270,7 +270,8 @@ def finish(
         out / "model.pt",
         model,
         contract,
-        extra={"train_config": cfg.to_json(), "test": summary, "val_macro_map": val_metrics["macro_map"]},
+        extra={"train_config": cfg.to_json(), "data_spec": data_spec(cfg).to_dict(), "test": summary,
+               "val_macro_map": val_metrics["macro_map"]},
     )
     contract.save(out / "contract.json")
     (out / "metrics.jsonl").unlink(missing_ok=True)

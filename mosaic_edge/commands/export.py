@@ -16,7 +16,8 @@ def export(
     calib_method: str = typer.Option("entropy", "--calib-method", help="entropy | percentile | minmax."),
     calib_size: int = typer.Option(256, "--calib-size", help="Calibration patches from the training split."),
     calib_file: Path | None = typer.Option(None, "--calib-file", help="Reuse this calib.npz."),
-    data: str = typer.Option("synthetic", "--data", help="synthetic, or a BigEarthNet v2 / SEN12MS root."),
+    data: str | None = typer.Option(None, "--data", help="Data to check against: synthetic or a dataset root "
+                                    "(default: what the checkpoint was trained on)."),
     eval_data: list[str] = typer.Option([], "--eval-data", help="Extra labelled root (repeatable)."),
     eval_limit: int = typer.Option(512, "--eval-limit", help="Most test patches evaluated (0: all)."),
     max_map_drop: float = typer.Option(1.0, "--max-map-drop", help="INT8 gate: max macro-mAP drop, pts."),

@@ -33,6 +33,8 @@ def register(app: typer.Typer) -> None:
         engine_dir: Path = typer.Option(None, "--engine-dir", envvar="MOSAIC_EDGE_ENGINE_DIR",
                                         help="TensorRT engine cache (default ~/.cache/mosaic-edge/engines)."),
         once: bool = typer.Option(False, "--once", help="Process what is in incoming/ and exit."),
+        stall_s: float = typer.Option(300.0, "--stall-s", help="Unhealthy (/healthz 503, no systemd watchdog "
+                                      "ping) when tiles wait this long without progress."),
         log_level: str = typer.Option("info", "--log-level"),
     ) -> None:
         """Watch a spool directory and classify incoming S1/S2 tiles (results/<tile>.jsonl, .geojson)."""
@@ -43,7 +45,7 @@ def register(app: typer.Typer) -> None:
         setup_logging(log_level)
         config = ServeConfig(batch=batch, max_wait_ms=max_wait_ms, settle_s=settle_s,
                              partner_timeout_s=partner_timeout_s, poll_s=poll_s, stride=stride, once=once,
-                             metrics_port=metrics_port, metrics_host=metrics_host)
+                             metrics_port=metrics_port, metrics_host=metrics_host, stall_s=stall_s)
         trt_options = {"engine_dir": engine_dir} if engine_dir and runner != "ort" else {}
         r = open_runner(model, kind=runner, precision=precision, threads=threads, **trt_options)
         raise typer.Exit(Daemon(r, spool, config).run())

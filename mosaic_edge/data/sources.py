@@ -1,12 +1,14 @@
 """Open a patch source by name or path, and the contract that goes with it.
 
 ``data`` is ``"synthetic"`` (the built-in benchmark, no download), a BigEarthNet v2 root (holds
-``metadata.parquet``) or a SEN12MS root (holds ``ROIs*`` folders).
+``metadata.parquet``) or a SEN12MS root (holds ``ROIs*`` folders). A :class:`DataSpec` (data plus reader
+options) is what training records in the checkpoint, so export and evaluation reopen exactly that data.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,3 +86,46 @@ def contract_for(data_or_source: str | Path | PatchSource = SYNTHETIC, **kw: Any
     if isinstance(source, SEN12MS):
         return sen12ms_contract(source.train_source())
     raise UserError(f"no contract known for a source of type {type(source).__name__}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSpec:
+    """Where a model's patches come from: recorded in its checkpoint (``extra["data_spec"]``).
+
+    Attributes:
+        data: ``"synthetic"`` or a dataset root.
+        options: Reader options of :func:`open_source`, primitives only (synthetic: the ``SyntheticConfig``
+            fields; BigEarthNet v2: ``include_snow_cloud``; SEN12MS: ``label_threshold``, ``split_file``).
+    """
+
+    data: str = SYNTHETIC
+    options: Mapping[str, Any] = dataclasses.field(default_factory=dict, hash=False)
+
+    @property
+    def kind(self) -> str:
+        """``"synthetic"``, ``"benv2"`` or ``"sen12ms"`` (:func:`detect_kind`; the root must exist)."""
+        return detect_kind(self.data)
+
+    @property
+    def name(self) -> str:
+        """Short label for reports: ``synthetic`` or the root folder's name."""
+        return SYNTHETIC if self.data == SYNTHETIC else Path(self.data).name or str(self.data)
+
+    def open(self, split: str, **overrides: Any) -> PatchSource:
+        """One split of the data, with the recorded options (``overrides`` win)."""
+        return open_source(self.data, split, **{**self.options, **overrides})
+
+    def contract(self) -> Contract:
+        """Classes, patch size and normalisation statistics of this data (no thresholds tuned yet)."""
+        if self.data == SYNTHETIC:
+            return contract_for(self.open("train"))
+        return contract_for(self.data, **self.options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"data": str(self.data), "options": dict(self.options)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DataSpec:
+        if not isinstance(data, Mapping) or not isinstance(data.get("data"), str):
+            raise UserError(f"not a data spec: {data!r}")
+        return cls(data["data"], dict(data.get("options") or {}))

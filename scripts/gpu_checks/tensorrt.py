@@ -53,8 +53,9 @@ def make_export(out: Path) -> Path:
     torch.manual_seed(0)
     ckpt = out / "model.pt"
     save_checkpoint(ckpt, build_model("resnet10_micro").eval(), Contract(model_name="resnet10_micro", patch_size=48))
-    run_export(ckpt, out / "export", ExportConfig(fp16=True, int8=True, calib_size=64, eval_limit=64,
-                                                  parity_limit=16, max_map_drop_pts=100.0))
+    config = ExportConfig(fp16=True, int8=True, data="synthetic", calib_size=64, eval_limit=64, parity_limit=16,
+                          max_map_drop_pts=100.0)
+    run_export(ckpt, out / "export", config)
     return out / "export"
 
 
@@ -84,7 +85,6 @@ def _one_adapter(backend: str, export: Path, engines: Path, contract: Any, calib
                  reference: np.ndarray) -> list[dict[str, Any]]:
     from mosaic_edge.edge_runtime.runner import run_batched
     from mosaic_edge.edge_runtime.trt_runner import open_trt_runner
-    from mosaic_edge.export.parity import decisions
 
     rows: list[dict[str, Any]] = []
     b8: dict[str, float] = {}
@@ -103,7 +103,7 @@ def _one_adapter(backend: str, export: Path, engines: Path, contract: Any, calib
                     if n == 8:
                         b8[precision] = numbers["device_p50_ms"]
                 logits = run_batched(runner, calib["sar"], calib["optical"], batch=8)["logits"]
-            agreement = float((decisions(logits, contract) == reference).mean())
+            agreement = float((contract.decide(logits) == reference).mean())
             rows.append(row(f"{name}/agreement", "ok" if agreement >= MIN_AGREEMENT[precision] else "fail",
                             agreement=round(agreement, 4), vs="onnxruntime fp32", n=len(logits)))
         except Exception as exc:  # noqa: BLE001 - the other precision / adapter still runs
@@ -130,11 +130,10 @@ def run(export: Path | None = None, backends: tuple[str, ...] = ("cuda-python", 
                 return [skip("trt", "no --export given and no torch to make one")]
             export = make_export(Path(tmp))
         from mosaic_edge.edge_runtime.runner import open_runner, run_batched
-        from mosaic_edge.export.parity import decisions
 
         contract, calib = _inputs(Path(export))
         with open_runner(export, kind="ort", precision="fp32", device="cpu") as ort:
-            reference = decisions(run_batched(ort, calib["sar"], calib["optical"], batch=8)["logits"], contract)
+            reference = contract.decide(run_batched(ort, calib["sar"], calib["optical"], batch=8)["logits"])
         rows = []
         for backend in usable:
             rows += _one_adapter(backend, Path(export), Path(tmp) / "engines", contract, calib, reference)

@@ -3,7 +3,17 @@ import json
 import numpy as np
 import pytest
 
-from mosaic_edge.contract import BENV2_CLASSES, BENV2_STATS, S1_BANDS, S2_BANDS, Contract, sha256_file
+from mosaic_edge.contract import (
+    BENV2_CLASSES,
+    BENV2_STATS,
+    METADATA_KEY,
+    S1_BANDS,
+    S2_BANDS,
+    Contract,
+    decide,
+    sha256_file,
+    sigmoid,
+)
 from mosaic_edge.errors import ContractMismatchError
 
 
@@ -82,3 +92,22 @@ def test_fingerprint_ignores_thresholds_but_not_stats(tmp_path):
     p = tmp_path / "f"
     p.write_bytes(b"abc")
     assert sha256_file(p) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_metadata_round_trip_and_unusable_entry():
+    c = Contract(patch_size=24, thresholds=(0.3,) * 19)
+    meta = c.to_metadata()
+    assert list(meta) == [METADATA_KEY] and "\n" not in meta[METADATA_KEY]  # compact JSON
+    assert Contract.from_metadata(meta) == c
+    assert Contract.from_metadata({"other": "x"}) is None
+    with pytest.raises(ContractMismatchError, match="m.onnx: contract in ONNX metadata is unusable"):
+        Contract.from_metadata({METADATA_KEY: "{"}, "m.onnx")
+
+
+def test_decide_is_the_stable_sigmoid_threshold_rule():
+    logits = np.array([[-1000.0, 0.0, 1000.0, np.log(0.3 / 0.7) - 1e-9, np.log(0.3 / 0.7) + 1e-9]])
+    assert sigmoid(logits).tolist()[0][:3] == [0.0, 0.5, 1.0]  # no overflow warning, exact ends
+    np.testing.assert_array_equal(decide(logits, [0.5, 0.5, 0.5, 0.3, 0.3]), [[False, True, True, False, True]])
+    c = Contract(thresholds=(0.3,) * 19)
+    x = np.random.default_rng(0).normal(0, 3, (4, 19))
+    np.testing.assert_array_equal(c.decide(x), 1 / (1 + np.exp(-x)) >= 0.3)

@@ -9,7 +9,7 @@ from mosaic_edge.cli import main
 from mosaic_edge.data.base import PatchDataset, labelled_mask
 from mosaic_edge.data.benv2 import BigEarthNetV2
 from mosaic_edge.data.sen12ms import SEN12MS, write_sen12ms_fixture
-from mosaic_edge.data.sources import contract_for, open_source
+from mosaic_edge.data.sources import DataSpec, contract_for, open_source
 from mosaic_edge.data.synthetic import SyntheticConfig, SyntheticMosaic
 from mosaic_edge.errors import UserError
 
@@ -33,6 +33,20 @@ def test_contract_for(benv2_root):
     cfg = SyntheticConfig(n_train=8, stats_samples=4)
     by_source = contract_for(SyntheticMosaic(cfg, "test"))
     assert by_source.dataset == "synthetic" and by_source == contract_for("synthetic", config=cfg)
+
+
+def test_data_spec_round_trip_reopens_the_same_data(benv2_root):
+    spec = DataSpec("synthetic", {"n_test": 5, "patch_size": 24, "seed": 2})
+    again = DataSpec.from_dict(spec.to_dict())
+    assert again == spec and again.name == "synthetic" and again.kind == "synthetic"
+    src = again.open("test")
+    assert len(src) == 5 and src.config.patch_size == 24 and src.config.seed == 2
+    assert again.open("test", n_test=3).config.n_test == 3  # overrides win
+    real = DataSpec(str(benv2_root))
+    assert real.kind == "benv2" and real.name == "benv2-mini" and len(real.open("test")) > 0
+    assert real.contract().stats_source.startswith("BigEarthNet v2.0")
+    with pytest.raises(UserError, match="not a data spec"):
+        DataSpec.from_dict({"options": {}})
 
 
 def test_labelled_mask_is_seeded_nested_and_sized():

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from mosaic_edge.contract import Contract
+from mosaic_edge.data.sources import DataSpec
 from tests.support.runtime import tiny_contract, write_tiny_export
 
 
@@ -36,7 +37,8 @@ def real_tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("real_export")
     torch.manual_seed(0)
     contract = Contract(patch_size=24, model_name="tiny")
-    extra = {"config": {"patch_size": 24, "n_train": 32, "n_val": 8, "n_test": 16, "seed": 0}}
+    spec = DataSpec("synthetic", {"patch_size": 24, "n_train": 32, "n_val": 8, "n_test": 16, "seed": 0})
+    extra = {"data_spec": spec.to_dict()}
     save_checkpoint(root / "tiny.pt", build_model("tiny").eval(), contract, extra=extra)
     run_export(root / "tiny.pt", root / "export", ExportConfig(eval_limit=8, parity_limit=4))
     return root / "export"

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from mosaic_edge.edge_runtime import tiles as tiles_mod
+from mosaic_edge import tile_format as tiles_mod
 from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
 from mosaic_edge.edge_runtime.runner import open_runner
 from mosaic_edge.edge_runtime.spool import valid_tile_id

@@ -9,16 +9,13 @@ import numpy as np
 import pytest
 from scipy.special import expit
 
+from mosaic_edge import patching
+from mosaic_edge.contract import sigmoid
 from mosaic_edge.data.preprocess import preprocess
-from mosaic_edge.edge_runtime import patching, postprocess
-from mosaic_edge.edge_runtime.tiles import (
-    MissingPartnerError,
-    TileLimits,
-    load_npz,
-    prepare_tile,
-    read_tile,
-)
+from mosaic_edge.edge_runtime import postprocess
+from mosaic_edge.edge_runtime.tiles import prepare_tile
 from mosaic_edge.errors import DataError
+from mosaic_edge.tile_format import MissingPartnerError, TileLimits, load_npz, read_tile
 from tests.support.runtime import copy_benv2_tile, raw_tile, write_geotiff_tile, write_npz_tile
 
 
@@ -112,8 +109,8 @@ def test_windows_refuse_bad_stride_and_small_tiles():
 def test_postprocess_thresholds_and_geojson(contract):
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (2, contract.num_classes)).astype(np.float32)
-    np.testing.assert_allclose(postprocess.sigmoid(logits), expit(logits.astype(np.float64)), rtol=1e-12)
-    assert postprocess.sigmoid(np.array([-1000.0, 1000.0])).tolist() == [0.0, 1.0]
+    np.testing.assert_allclose(sigmoid(logits), expit(logits.astype(np.float64)), rtol=1e-12)
+    assert sigmoid(np.array([-1000.0, 1000.0])).tolist() == [0.0, 1.0]
     heads = postprocess.choose_heads(np.array([0.1, 0.9]), 0.5)
     assert heads == ["fused", "sar"]
     out = {"logits": logits, "logits_sar": logits[::-1].copy()}

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mosaic_edge.contract import Contract
+from mosaic_edge.data.sources import DataSpec
 from mosaic_edge.data.synthetic import SyntheticConfig, SyntheticMosaic
 from mosaic_edge.export.parity import Samples, collect_samples
 
@@ -17,6 +19,7 @@ from mosaic_edge.export.parity import Samples, collect_samples
 PATCH = 24
 CONTRACT = Contract(dataset="synthetic", model_name="tiny", patch_size=PATCH)
 SYNTHETIC = SyntheticConfig(patch_size=PATCH)
+SYNTHETIC_SPEC = DataSpec("synthetic", dataclasses.asdict(SYNTHETIC))
 N_TRAIN, N_TEST = 128, 64
 
 
@@ -64,7 +67,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory, train_samples: Sam
         opt.step()
     torch.set_num_threads(threads)
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
-    save_checkpoint(path, model.eval(), CONTRACT)
+    save_checkpoint(path, model.eval(), CONTRACT, extra={"data_spec": SYNTHETIC_SPEC.to_dict()})
     return path
 
 

@@ -10,10 +10,10 @@ import pytest
 pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from mosaic_edge.contract import Contract  # noqa: E402
+from mosaic_edge.contract import METADATA_KEY, Contract  # noqa: E402
 from mosaic_edge.errors import UserError  # noqa: E402
 from mosaic_edge.export.fp16 import convert_fp16  # noqa: E402
-from mosaic_edge.export.onnx_export import CONTRACT_METADATA_KEY, export_onnx, io_signature, read_contract  # noqa: E402
+from mosaic_edge.export.onnx_export import export_onnx, io_signature, read_contract  # noqa: E402
 from mosaic_edge.export.parity import (  # noqa: E402
     FP16_TOLERANCE,
     FP32_TOLERANCE,
@@ -63,7 +63,7 @@ def test_contract_in_metadata_props(onnx_pair: tuple[object, Path, Path], contra
         assert contract.diff(contract) == []
         assert contract.model_hash and contract.model_hash == read_contract(fp32).model_hash
         meta = ort_session(path).get_modelmeta().custom_metadata_map
-        assert CONTRACT_METADATA_KEY in meta  # readable by the runtime through ORT alone
+        assert METADATA_KEY in meta  # readable by the runtime through ORT alone
 
 
 def test_opset_below_17_refused(tmp_path: Path, tiny_checkpoint: Path) -> None:

@@ -15,6 +15,7 @@ from mosaic_edge.calibration import load_calibration_set, read_calib_cache, save
 from mosaic_edge.calibration.quantize import qdq_params  # noqa: E402
 from mosaic_edge.cli import main  # noqa: E402
 from mosaic_edge.contract import Contract  # noqa: E402
+from mosaic_edge.errors import UserError  # noqa: E402
 from mosaic_edge.export.onnx_export import read_contract  # noqa: E402
 from mosaic_edge.export.parity import INT8_TOLERANCE, check_parity, run_torch  # noqa: E402
 from mosaic_edge.export.pipeline import ExportConfig, run_export  # noqa: E402
@@ -139,3 +140,21 @@ def test_gate_fires_on_broken_calibration(tmp_path: Path, exported: Path, tiny_c
     run_export(tiny_checkpoint, tmp_path / "loose", ExportConfig(int8=True, calib_method="minmax",
                calib_file=str(broken), eval_limit=64, max_map_drop_pts=drop + 0.01))
     assert (tmp_path / "loose" / "manifest.json").is_file()
+
+
+def test_export_checks_against_the_data_the_checkpoint_records(exported: Path, tiny_checkpoint: Path,
+                                                              tmp_path: Path) -> None:
+    from mosaic_edge.export.pipeline import export_data
+    from mosaic_edge.train.checkpoint import read_checkpoint, save_checkpoint
+
+    report = json.loads((exported / "report.json").read_text())
+    assert report["export"]["data"]["options"]["patch_size"] == 24  # the recorded benchmark, not the 120 px default
+    contract = Contract(patch_size=24)
+    assert export_data({}, contract, "synthetic").options == {"patch_size": 24}  # --data overrides
+    with pytest.raises(UserError, match="records no data source"):
+        export_data({}, contract, None)
+    model, ckpt_contract = load_checkpoint(tiny_checkpoint)
+    bare = save_checkpoint(tmp_path / "bare.pt", model, ckpt_contract)
+    assert bare and "data_spec" not in read_checkpoint(tmp_path / "bare.pt")["extra"]
+    with pytest.raises(UserError, match="pass --data"):
+        run_export(tmp_path / "bare.pt", tmp_path / "out", ExportConfig(eval_limit=8, parity_limit=4))

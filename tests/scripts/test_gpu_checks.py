@@ -134,6 +134,20 @@ def test_tensorrt_check_plumbing_on_the_stand_ins(check_export: Path, tmp_path: 
     assert driver.check_clean() == []
 
 
+@pytest.mark.slow
+def test_tensorrt_check_makes_its_own_export_without_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("torch")
+    driver = fake_cuda.Driver()
+    fake_cuda.install(monkeypatch, driver, backends=("cuda-python",))
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_trt.make_trt("10.3.0", driver))
+    monkeypatch.setattr(trt_check, "WARMUP", 1)
+    monkeypatch.setattr(trt_check, "ITERATIONS", 2)
+    rows = {r["check"]: r for r in trt_check.run()}
+    assert rows["trt/cuda-python/int8/engine"]["artefact"] == "model.int8.onnx"
+    assert rows["trt/cuda-python/fp16/b8"]["status"] == "ok" and rows["trt/cuda-python/int8/agreement"]["n"] == 64
+    assert driver.check_clean() == []
+
+
 def test_script_runs_checks_prints_one_table_and_fails_on_a_failed_row(monkeypatch: pytest.MonkeyPatch,
                                                                       capsys: pytest.CaptureFixture) -> None:
     driver = fake_cuda.Driver()

@@ -63,7 +63,7 @@ def write_tiny_onnx(path: Path, contract: Contract, seed: int = 0) -> Path:
     graph = helper.make_graph(nodes, "tiny", inputs, outs, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    helper.set_model_props(model, {"mosaic_edge.contract": contract.to_json()})
+    helper.set_model_props(model, contract.to_metadata())
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))

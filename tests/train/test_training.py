@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from mosaic_edge.cli import app
 from mosaic_edge.contract import Contract
+from mosaic_edge.data.sources import DataSpec
 from mosaic_edge.errors import UserError
 from mosaic_edge.train.config import TrainConfig
 from mosaic_edge.train.loop import lr_at, train
@@ -93,6 +94,10 @@ def test_train_then_evaluate_cli(tmp_path: Path) -> None:
     assert contract.dataset == "synthetic" and contract.model_name == "tiny" and contract.model_hash
     raw = torch.load(out / "model.pt", weights_only=True)
     assert Contract.from_json(raw["contract"]) == contract
+    spec = DataSpec.from_dict(raw["extra"]["data_spec"])  # what export and evaluate reopen
+    assert spec.data == "synthetic" and spec.options["patch_size"] == 24 and spec.options["n_test"] == 24
+    assert spec.contract() == Contract.from_json(raw["contract"]).replace(thresholds=spec.contract().thresholds,
+                                                                           model_name="", model_hash="")
     phases = [json.loads(line)["phase"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert phases == ["pretrain", "head", "finetune", "test"]
 
