@@ -17,7 +17,9 @@ CONFIG_KEYS = ("runner", "precision", "batch", "artefact", "artefact_sha256", "s
                "throughput_tiles_s", "environment", "accuracy", "power", "energy_per_tile_mj")
 STAT_KEYS = ("mean_ms", "p50_ms", "p90_ms", "p99_ms")
 ACCURACY_KEYS = ("macro_map", "micro_map", "macro_map_delta_pts", "agreement", "max_prob_diff")
-_SHORT = {"read": "read", "preprocess": "prep", "h2d": "h2d", "inference": "infer", "d2h": "d2h",
+# Column labels: h2d/d2h are the copies (CUDA events), "infer host" the host time of infer() without them, and
+# "gpu exec" the GPU execution alone (CUDA events; n/a on a host-resident runner).
+_SHORT = {"read": "read", "preprocess": "prep", "h2d": "h2d copy", "inference": "infer host", "d2h": "d2h copy",
           "postprocess": "post", "write": "write"}
 
 
@@ -93,12 +95,13 @@ def render_table(doc: Mapping[str, Any]) -> str:
     """A fixed-width table: per-stage p50 (ms per batch), end-to-end p50/p90/p99, tiles/s, mJ/tile, ΔmAP."""
     stages = list(doc["stages"])
     head = (["runner", "prec", "batch"] + [_SHORT.get(s, s) for s in stages]
-            + ["e2e p50", "p90", "p99", "ms/tile", "tiles/s", "mJ/tile", "ΔmAP pts"])
+            + ["gpu exec", "e2e p50", "p90", "p99", "ms/tile", "tiles/s", "mJ/tile", "ΔmAP pts"])
     rows = []
     for cfg in doc["configurations"]:
         e2e = cfg["end_to_end"]
         rows.append([cfg["runner"], cfg["precision"], str(cfg["batch"])]
                     + [_fmt(cfg["stages"][s]["p50_ms"], ".3f") for s in stages]
+                    + [_fmt((cfg.get("device") or {}).get("p50_ms"), ".3f")]
                     + [_fmt(e2e["p50_ms"]), _fmt(e2e["p90_ms"]), _fmt(e2e["p99_ms"]),
                        _fmt(e2e["p50_ms"] / cfg["batch"]), _fmt(cfg["throughput_tiles_s"], ".1f"),
                        _fmt(cfg["energy_per_tile_mj"], ".1f"), _delta(cfg)])

@@ -33,9 +33,11 @@ from mosaic_edge.tile_format import write_tile
 
 STAGES: tuple[str, ...] = ("read", "preprocess", "h2d", "inference", "d2h", "postprocess", "write")
 PERCENTILES: tuple[int, ...] = (50, 90, 99)
-# Keys a runner may put in ``last_timings`` after ``infer`` (milliseconds of that call).
+# Keys a runner may put in ``last_timings`` after ``infer`` (milliseconds of that call): the host->device and
+# device->host copies, GPU execution only, and the one-off capture + instantiation of a CUDA graph.
 RUNNER_SPLIT_KEYS = {"h2d": "h2d_ms", "d2h": "d2h_ms"}
 DEVICE_KEY = "device_ms"
+GRAPH_CAPTURE_KEY = "graph_capture_ms"
 PROFILE_SCHEMA = 1
 
 
@@ -137,6 +139,8 @@ def _infer_timed(runner: Any, batch: Mapping[str, np.ndarray], clock: StageClock
             clock.add("inference", -float(ms))
     if timings.get(DEVICE_KEY) is not None:
         clock.record_extra("inference_device", float(timings[DEVICE_KEY]))
+    if timings.get(GRAPH_CAPTURE_KEY) is not None:
+        clock.record_extra("graph_capture", float(timings[GRAPH_CAPTURE_KEY]))
     return out
 
 
@@ -394,6 +398,7 @@ def profile_runner(runner: Any, sources: Sequence[Path], config: ProfileConfig, 
             "stages": stages,
             "end_to_end": lat["end_to_end"],
             "device": lat["extra"].get("inference_device"),
+            "graph_capture": lat["extra"].get("graph_capture"),
             "latency_per_tile_p50_ms": lat["end_to_end"]["p50_ms"] / batch,
             "throughput_tiles_s": thr["throughput_tiles_s"],
             "throughput": {k: v for k, v in thr.items() if k not in ("t0", "t1")},
