@@ -217,11 +217,10 @@ def infer_job(runner: Runner, job: Job, batch: int = 8) -> None:
 
 def predict_paths(runner: Runner, paths: Iterable[str | Path], batch: int = 8, stride: int | None = None,
                   limits: TileLimits = TileLimits(), allow_sar_only: bool = True
-                  ) -> Iterator[tuple[Path, Job | None, str | None]]:
-    """One-shot prediction: yield ``(path, finished job, None)`` or ``(path, None, error)`` per tile.
+                  ) -> Iterator[tuple[Path, list[dict[str, Any]] | None, str | None]]:
+    """One-shot prediction: yield ``(path, records, None)`` or ``(path, None, error)`` per tile.
 
     ``runner`` must be active. Explicitly named files are complete, so S1-only folders are SAR-only tiles.
-    :func:`result_files` / :func:`job_records` turn a finished job into its records.
     """
     for p in paths:
         path = Path(p)
@@ -231,4 +230,4 @@ def predict_paths(runner: Runner, paths: Iterable[str | Path], batch: int = 8, s
             yield path, None, str(exc)
             continue
         infer_job(runner, job, batch)
-        yield path, job, None
+        yield path, job_records(job, runner), None

@@ -17,8 +17,10 @@ CONFIG_KEYS = ("runner", "precision", "batch", "artefact", "artefact_sha256", "s
                "throughput_tiles_s", "environment", "accuracy", "power", "energy_per_tile_mj")
 STAT_KEYS = ("mean_ms", "p10_ms", "p50_ms", "p90_ms", "p99_ms")
 ACCURACY_KEYS = ("macro_map", "micro_map", "macro_map_delta_pts", "agreement", "max_prob_diff")
-_SHORT = {"read": "read", "verify": "verify", "prepare": "prep", "cut": "cut", "h2d": "h2d",
-          "inference": "infer", "d2h": "d2h", "postprocess": "post", "write": "write"}
+# Column labels: h2d/d2h are the copies (CUDA events), "infer host" the host time of infer() without them, and
+# "gpu exec" the GPU execution alone (CUDA events; n/a on a host-resident runner).
+_SHORT = {"read": "read", "verify": "verify", "prepare": "prep", "cut": "cut", "h2d": "h2d copy",
+          "inference": "infer host", "d2h": "d2h copy", "postprocess": "post", "write": "write"}
 
 
 def accuracy_for(model_dir: Path, artefact: str | None) -> dict[str, Any] | None:
@@ -95,6 +97,13 @@ def _grid(head: list[str], rows: list[list[str]]) -> list[str]:
     return [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
 
 
+def _span(stats: Mapping[str, Any], spec: str) -> str:
+    """``p10-p90`` of a stage (n/a in documents of schema 1, which have no p10)."""
+    if "p10_ms" not in stats or "p90_ms" not in stats:
+        return "n/a"
+    return f"{format(stats['p10_ms'], spec)}-{format(stats['p90_ms'], spec)}"
+
+
 def _rounds(cfg: Mapping[str, Any]) -> str:
     rates = cfg.get("throughput", {}).get("rounds_tiles_s") or []
     return f"{min(rates):.1f}-{max(rates):.1f}" if rates else "n/a"
@@ -106,20 +115,19 @@ def render_table(doc: Mapping[str, Any]) -> str:
     stages = list(doc["stages"])
     configs = doc["configurations"]
     head = (["runner", "prec", "batch"] + [_SHORT.get(s, s) for s in stages]
-            + ["e2e p50", "p90", "p99", "ms/tile", "tiles/s", "mJ/tile", "ΔmAP pts"])
+            + ["gpu exec", "e2e p50", "p90", "p99", "ms/tile", "tiles/s", "mJ/tile", "ΔmAP pts"])
     rows = []
     for cfg in configs:
         e2e = cfg["end_to_end"]
         rows.append([cfg["runner"], cfg["precision"], str(cfg["batch"])]
                     + [_fmt(cfg["stages"][s]["p50_ms"], ".3f") for s in stages]
+                    + [_fmt((cfg.get("device") or {}).get("p50_ms"), ".3f")]
                     + [_fmt(e2e["p50_ms"]), _fmt(e2e["p90_ms"]), _fmt(e2e["p99_ms"]),
                        _fmt(e2e["p50_ms"] / cfg["batch"]), _fmt(cfg["throughput_tiles_s"], ".1f"),
                        _fmt(cfg["energy_per_tile_mj"], ".1f"), _delta(cfg)])
     spread_head = ["runner", "prec", "batch"] + [_SHORT.get(s, s) for s in stages] + ["e2e", "tiles/s rounds"]
-    spread = [[c["runner"], c["precision"], str(c["batch"])]
-              + [f"{c['stages'][s]['p10_ms']:.3f}-{c['stages'][s]['p90_ms']:.3f}" for s in stages]
-              + [f"{c['end_to_end']['p10_ms']:.2f}-{c['end_to_end']['p90_ms']:.2f}", _rounds(c)]
-              for c in configs]
+    spread = [[c["runner"], c["precision"], str(c["batch"])] + [_span(c["stages"][s], ".3f") for s in stages]
+              + [_span(c["end_to_end"], ".2f"), _rounds(c)] for c in configs]
     rounds = (doc.get("settings") or {}).get("rounds")
     out = ["latency: ms per batch, synchronous; stage columns are p50; throughput: pipelined"
            + (f"; configurations interleaved in {rounds} rounds" if rounds else ""),

@@ -133,6 +133,7 @@ class _Configuration:
     pipeline: Pipeline
     samples: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in (*STAGES, "end_to_end")})
     device: list[float] = field(default_factory=list)
+    graph_capture: list[float] = field(default_factory=list)
     patches: float = 0.0
     next_source: int = 0
     throughput: list[dict[str, Any]] = field(default_factory=list)
@@ -141,7 +142,8 @@ class _Configuration:
     def add_latency(self, lat: dict[str, Any]) -> None:
         for key, values in lat["samples_ms"].items():
             self.samples[key] += values
-        self.device += _device_samples(lat)
+        self.device += list(lat["extra_samples_ms"].get("inference_device", []))
+        self.graph_capture += list(lat["extra_samples_ms"].get("graph_capture", []))
         self.patches += lat["patches_per_batch"] * lat["iterations"]
 
     def row(self) -> dict[str, Any]:
@@ -156,6 +158,7 @@ class _Configuration:
             "patches_per_batch": self.patches / end_to_end["n"],
             "stages": stages, "end_to_end": end_to_end,
             "device": summarize(self.device) if self.device else None,
+            "graph_capture": summarize(self.graph_capture) if self.graph_capture else None,
             "latency_per_tile_p50_ms": end_to_end["p50_ms"] / self.batch,
             "throughput_tiles_s": tiles / wall,
             "throughput": {"batch": self.batch, "batches": sum(t["batches"] for t in self.throughput),
@@ -166,10 +169,6 @@ class _Configuration:
             "energy_per_tile_mj": None if power is None else power.energy_per_tile_mj(tiles),
             "samples_ms": {k: [round(x, 4) for x in v] for k, v in self.samples.items()},
         }
-
-
-def _device_samples(lat: dict[str, Any]) -> list[float]:
-    return list(lat["extra_samples_ms"].get("inference_device", []))
 
 
 def _combine_power(summaries: list[Any]) -> Any:

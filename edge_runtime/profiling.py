@@ -34,9 +34,11 @@ import numpy as np
 
 STAGES: tuple[str, ...] = ("read", "verify", "prepare", "cut", "h2d", "inference", "d2h", "postprocess", "write")
 PERCENTILES: tuple[int, ...] = (10, 50, 90, 99)
-# Keys a runner may put in ``last_timings`` after ``infer`` (milliseconds of that call).
+# Keys a runner may put in ``last_timings`` after ``infer`` (milliseconds of that call): the host->device and
+# device->host copies, GPU execution only, and the one-off capture + instantiation of a CUDA graph.
 RUNNER_SPLIT_KEYS = {"h2d": "h2d_ms", "d2h": "d2h_ms"}
 DEVICE_KEY = "device_ms"
+GRAPH_CAPTURE_KEY = "graph_capture_ms"
 
 
 def summarize(samples_ms: Sequence[float]) -> dict[str, float]:
@@ -156,6 +158,8 @@ def _infer_timed(runner: Any, batch: Mapping[str, np.ndarray], clock: StageClock
             clock.add("inference", -float(ms))
     if timings.get(DEVICE_KEY) is not None:
         clock.record_extra("inference_device", float(timings[DEVICE_KEY]))
+    if timings.get(GRAPH_CAPTURE_KEY) is not None:
+        clock.record_extra("graph_capture", float(timings[GRAPH_CAPTURE_KEY]))
     return out
 
 

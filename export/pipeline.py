@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from mosaic_edge.calibration.trt_lint import LintResult, lint_tensorrt_qdq
 from mosaic_edge.contract import INPUT_FORMS, Contract
 from mosaic_edge.data.sources import SYNTHETIC, DataSpec
 from mosaic_edge.envelope import Envelope
@@ -240,7 +241,8 @@ def _evaluate(out: Path, artefacts: Mapping[str, tuple[str, str]], sets: EvalSet
 # ---- step 6: safety.fallback_section; steps 7-8: report, manifest --------------------------------------
 def _report(out: Path, contract: Contract, cfg: ExportConfig, data: DataSpec, sets: EvalSets,
             logits: Mapping[str, Mapping[str, np.ndarray]], artefacts: Mapping[str, tuple[str, str]],
-            results: list[par.ParityResult], sections: Mapping[str, Any], warnings: list[str]) -> dict[str, Any]:
+            results: list[par.ParityResult], sections: Mapping[str, Any], warnings: list[str],
+            lint: LintResult | None) -> dict[str, Any]:
     evaluated = {set_name: (samples.labels, [Evaluated(name, prec, target, logits[set_name][name])
                                              for name, (prec, target) in artefacts.items()])
                  for set_name, samples in sets.labelled().items()}
@@ -248,7 +250,8 @@ def _report(out: Path, contract: Contract, cfg: ExportConfig, data: DataSpec, se
                           max_map_drop_pts=cfg.max_map_drop_pts, composition=sets.gate.composition(),
                           sections=sections, warnings=warnings,
                           extra={"config": asdict(cfg), "data": data.to_dict(),
-                                 "parity": [r.to_dict() for r in results]})
+                                 "parity": [r.to_dict() for r in results],
+                                 "trt_lint": lint.to_dict() if lint is not None else None})
     write_report(report, out)
     return report
 
@@ -294,6 +297,8 @@ def run_export(checkpoint: str | Path, out_dir: str | Path, config: ExportConfig
 
     artefacts, notes = _float_artefacts(model, contract, out, cfg)
     cal = _int8_artefacts(out, contract, cfg, data, progress) if cfg.int8 else None
+    # Would TensorRT run the INT8 artefact as fused INT8 kernels on an fp16 base? (calibration/trt_lint.py)
+    lint = lint_tensorrt_qdq(out / INT8_TRT) if cal is not None else None
     if cal is not None:
         artefacts |= {INT8_TRT: ("int8", "tensorrt"), INT8_CPU: ("int8", "cpu")}
         notes |= cal.notes
@@ -320,11 +325,13 @@ def run_export(checkpoint: str | Path, out_dir: str | Path, config: ExportConfig
         int8 = [name for name, (precision, _) in artefacts.items() if precision == "int8"]
         sections["fallback"], policies = fallback_section(out, sets, cal.tuning, logits, int8, FP32, contract,
                                                           cfg.target_agreement, warnings)
-    report = _report(out, contract, cfg, data, sets, logits, artefacts, results, sections, warnings)
+    report = _report(out, contract, cfg, data, sets, logits, artefacts, results, sections, warnings, lint)
     bad = [r for r in results if r.precision != "int8" and not r.passed]
     if bad:
         raise ParityError("parity check failed: " + "; ".join(r.describe() for r in bad))
     check_gate(report)
+    if lint is not None and not lint.passed:
+        raise UserError(f"{INT8_TRT} fails the TensorRT placement lint: " + "; ".join(lint.failures))
 
     # Every check passed on the artefacts as written; the manifest hashes them as they are now.
     files = {"report.json": "accuracy-report"}

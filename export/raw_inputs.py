@@ -189,7 +189,7 @@ def finish_inputs(manifest: Manifest, input_form: str) -> Manifest:
 def _rename_cache_entries(path: Path, names: dict[str, str]) -> None:
     """Give the scales of the (standardised) inputs in a TensorRT calibration cache the names those tensors
     have inside the raw-input graph; the raw inputs themselves get none (TensorRT keeps the prologue in float)."""
-    from mosaic_edge.calibration.trt_cache import parse_calib_cache
+    from mosaic_edge.trt_calib_cache import parse_calib_cache
 
     text = path.read_text()
     parse_calib_cache(text, str(path))  # refuse to rewrite what is not a cache

@@ -213,6 +213,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         lines += _calibration_lines(report["calibration"])
     if report.get("fallback"):
         lines += _fallback_lines(report["fallback"])
+    lint = report.get("export", {}).get("trt_lint")
+    if lint:  # calibration/trt_lint.py: Q/DQ placement TensorRT needs to run the INT8 artefact fused, on fp16
+        verdict = "PASSED" if lint["passed"] else "FAILED"
+        lines += ["", f"TensorRT placement lint of `{lint['artefact']}`: **{verdict}** "
+                  f"({', '.join(f'{k}: {v} checked' for k, v in lint['checked'].items())})"]
+        lines += [f"- {f}" for f in lint["failures"]]
     parity = report.get("export", {}).get("parity", [])
     if parity:
         lines += ["", "## Parity vs torch (fp32/fp16 enforced, INT8 informative)", "",

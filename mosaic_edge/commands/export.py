@@ -53,11 +53,12 @@ def register(app: typer.Typer) -> None:
     register_trt(app)
 
 
-# ---- build-engine (TensorRT; appended by the calibration/TensorRT helper) --------------------------------
+# ---- build-engine (TensorRT) ----------------------------------------------------------------------------------
 def build_engine_cmd(
-    onnx: Path = typer.Argument(..., help="model.int8.onnx (Q/DQ), model.fp16.onnx or model.onnx."),
+    model: Path = typer.Argument(..., help="Export directory, an ONNX it lists, or any ONNX with --precision."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Engine (default <onnx>.<precision>.engine)."),
-    precision: str | None = typer.Option(None, "--precision", help="fp32|fp16|int8 (default: from name)."),
+    precision: str | None = typer.Option(None, "--precision",
+                                         help="fp32|fp16|int8 (default: the manifest's; required otherwise)."),
     min_batch: int = typer.Option(1, "--min-batch", help="Optimization profile: smallest batch."),
     opt_batch: int = typer.Option(8, "--opt-batch", help="Optimization profile: batch tuned for."),
     max_batch: int = typer.Option(32, "--max-batch", help="Optimization profile: largest batch."),
@@ -67,23 +68,30 @@ def build_engine_cmd(
     verbose: bool = typer.Option(False, "--verbose", help="TensorRT log at INFO."),
 ) -> None:
     """Build a TensorRT engine on this device (writes the engine and <engine>.json with its manifest)."""
-    from mosaic_edge.export.trt import build_engine, guess_precision
+    import contextlib
 
-    prec = precision or guess_precision(onnx, calib_cache)
-    gpu = "unknown"
+    from mosaic_edge.edge_runtime.cuda_adapter import CudaAdapter, CudaError, open_cuda_adapter
+    from mosaic_edge.errors import OptionalDependencyError
+    from mosaic_edge.export.trt import build_engine, resolve_artefact, trt_version_of
+    from mosaic_edge.optional import require
+
+    art = resolve_artefact(model, precision, calib_cache, trt_version_of(require("tensorrt", extra="trt")))
+    engine = out or art.path.with_name(f"{art.path.stem}.{art.precision}.engine")
+    cuda: CudaAdapter | None = None
+    with contextlib.suppress(OptionalDependencyError, CudaError):  # no bindings / no device: "unknown" GPU
+        cuda = open_cuda_adapter()
     try:
-        from mosaic_edge.edge_runtime.cuda_adapter import open_cuda_adapter
-
-        adapter = open_cuda_adapter()
-        gpu = adapter.device_name()
-        adapter.close()
-    except (ImportError, RuntimeError):  # no CUDA bindings or no device: the manifest says "unknown"
-        pass
-    engine = out or onnx.with_name(f"{onnx.stem}.{prec}.engine")
-    m = build_engine(onnx, engine, precision=prec, min_batch=min_batch, opt_batch=opt_batch,
-                     max_batch=max_batch, workspace_mb=workspace_mb, timing_cache=timing_cache,
-                     calib_cache=calib_cache, gpu_name=gpu, verbose=verbose)
-    typer.echo(f"{engine}  TensorRT {m.trt_version}  {m.precision}  gpu={m.gpu_name}  {m.build_seconds:.1f}s")
+        with cuda.current() if cuda is not None else contextlib.nullcontext():  # build in the primary context
+            device = cuda.device_info().to_dict() if cuda is not None else None
+            m = build_engine(art.path, engine, precision=art.precision, onnx_precision=art.onnx_precision,
+                             min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                             workspace_mb=workspace_mb, timing_cache=timing_cache, calib_cache=art.calib_cache,
+                             device=device, verbose=verbose)
+    finally:
+        if cuda is not None:
+            cuda.close()
+    typer.echo(f"{engine}  TensorRT {m.trt_version}  {m.precision} (from {art.path.name}, {m.onnx_precision})  "
+               f"gpu={m.gpu_name}  {m.build_seconds:.1f}s")
 
 
 def register_trt(app: typer.Typer) -> None:

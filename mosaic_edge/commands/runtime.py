@@ -61,19 +61,20 @@ def predict(
     """Classify tiles once and print JSON Lines (same pipeline as serve); exit 1 if any tile failed."""
     import sys
 
-    from mosaic_edge.edge_runtime.pipeline import predict_paths, result_files
+    from mosaic_edge.edge_runtime.pipeline import predict_paths
+    from mosaic_edge.edge_runtime.postprocess import to_jsonl
     from mosaic_edge.edge_runtime.runner import open_runner
 
     failed = 0
     sink = open(out, "wb") if out else sys.stdout.buffer  # noqa: SIM115 - closed below
     try:
         with open_runner(model, kind=runner, precision=precision, threads=threads) as r:
-            for path, job, error in predict_paths(r, files, batch=batch, stride=stride):
-                if job is None:
+            for path, records, error in predict_paths(r, files, batch=batch, stride=stride):
+                if error is not None:
                     failed += 1
                     typer.echo(f"mosaic-edge: {path}: {error}", err=True)
                 else:
-                    sink.write(result_files(job, r)[0])
+                    sink.write(to_jsonl(records or []))
                     sink.flush()
     finally:
         if out:

@@ -29,7 +29,7 @@ RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], str]] = [
      "training feeds export, never the reverse"),
     ("mosaic_edge.calibration", (), ("mosaic_edge.train", "mosaic_edge.export", "mosaic_edge.edge_runtime", "torch"),
      "calibration samples from the core's readers and runs in ONNX Runtime: no torch"),
-    ("mosaic_edge.export", ("mosaic_edge.export.gpu_profile_check",), ("mosaic_edge.edge_runtime",),
+    ("mosaic_edge.export", (), ("mosaic_edge.edge_runtime",),
      "the runtime builds engines with export's builder; export must not loop back into the runtime"),
     ("mosaic_edge.edge_runtime", (), ("torch", "mosaic_edge.train", "mosaic_edge.calibration"),
      "the Jetson runtime installs without torch and without the training/calibration stages"),

@@ -81,7 +81,8 @@ def test_tensorrt_artefact_quantizes_weighted_op_inputs_only(exported: Path) -> 
     assert acts
     for r in acts:
         scale = float(np.asarray(r["scale"]).ravel()[0])
-        assert scale == pytest.approx(cache.scales[r["input"]], rel=1e-5), r["input"]
+        # the artefact's scales are fp16 (11 significant bits); a graph input's Q reads its fp16 Cast
+        assert scale == pytest.approx(cache.scales[r["source"]], rel=2**-11), r["source"]
 
 
 def test_calibration_cache_and_set_parse_back(exported: Path, contract: Contract) -> None:
@@ -108,6 +109,9 @@ def test_report_has_every_artefact_on_both_sets(exported: Path) -> None:
     assert report["gate"]["verdict"] == "inconclusive" and not report["gate"]["judgeable"]
     assert "INCONCLUSIVE" in (exported / "report.md").read_text()
     assert any("too small to judge" in w for w in report["warnings"])
+    lint = report["export"]["trt_lint"]  # calibration/trt_lint.py, run by export on model.int8.onnx
+    assert lint["artefact"] == "model.int8.onnx" and lint["passed"] and lint["checked"]["dq_inputs"] > 0
+    assert "TensorRT placement lint of `model.int8.onnx`: **PASSED**" in (exported / "report.md").read_text()
 
 
 def _physical_units(samples: Samples, contract: Contract) -> Samples:
