@@ -1,8 +1,14 @@
-"""Turning a tile read by :func:`mosaic_edge.tile_format.read_tile` into model-ready arrays.
+"""Turning a tile read by :func:`mosaic_edge.tile_format.read_tile` into model inputs for a whole tile.
 
-:func:`prepare_tile` normalises a tile with the preprocessing shared with training and marks, per pixel,
-whether its optical data is usable (absent, flagged ``cloudy``, non-finite or L2A no-data): patches whose
-optical is mostly unusable are answered by the SAR head.
+:func:`prepare_tile` brings a tile into the form its model takes (the contract's ``input_form``) and marks,
+per pixel, whether its optical data is usable (absent, flagged ``cloudy``, non-finite or L2A no-data): patches
+whose optical is mostly unusable are answered by the SAR head.
+
+* ``"raw"`` (artefacts that standardise in the graph, :mod:`mosaic_edge.export.raw_inputs`): physical units as
+  read -- S1 dB, S2 reflectance in its delivered dtype (uint16 stays uint16 until it is cut into the float32
+  batch) -- with non-finite pixels replaced by the band mean, which the graph maps to 0 exactly as
+  :mod:`mosaic_edge.data.preprocess` does on the host. Clean tiles (no NaN/inf) are not copied at all.
+* ``"standardised"`` (older artefacts): the shared preprocessing of training, on the host.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mosaic_edge.contract import Contract
-from mosaic_edge.data.preprocess import preprocess, stack_bands
+from mosaic_edge.data.preprocess import normalise_optical, normalise_sar, stack_bands
 from mosaic_edge.data.tiff import GeoInfo
 from mosaic_edge.errors import DataError
 from mosaic_edge.tile_format import Tile, TileLimits
@@ -20,45 +26,98 @@ from mosaic_edge.tile_format import Tile, TileLimits
 
 @dataclass
 class PreparedTile:
-    """Normalised model inputs of a whole tile plus per-pixel optical validity."""
+    """Model inputs of a whole tile (in the contract's input form) plus per-pixel optical validity.
+
+    Attributes:
+        sar: [2, H, W], float (raw: dB as read, non-finite -> band mean; standardised: float32).
+        optical: [12, H, W] (raw: reflectance in its delivered dtype; standardised: float32), or None when the
+            tile has no optical data (the model gets zeros: no-data in raw form, the band mean standardised).
+        optical_invalid: bool [H, W], or None when every pixel is usable; all True without usable optical.
+        optical_usable: False when the tile has no optical data or it is flagged cloudy.
+    """
 
     id: str
-    sar: np.ndarray  # float32 [2, H, W]
-    optical: np.ndarray  # float32 [12, H, W]; zeros (band means) when absent
-    optical_invalid: np.ndarray  # bool [H, W]; all True when there is no usable optical data
+    sar: np.ndarray
+    optical: np.ndarray | None
+    optical_invalid: np.ndarray | None
     sar_invalid_fraction: float
     geo: GeoInfo | None
     kind: str
+    input_form: str = "standardised"
+    optical_usable: bool = True
 
     @property
     def shape(self) -> tuple[int, int]:
         return int(self.sar.shape[1]), int(self.sar.shape[2])
 
 
+def _fill_nonfinite(x: np.ndarray, mean: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray | None]:
+    """``x`` with NaN/inf replaced by the band mean (a float32 copy only when there are any) and the per-pixel
+    mask of pixels that had one (None when none did)."""
+    if x.dtype.kind != "f" or np.isfinite(x).all():
+        return x, None
+    bad = ~np.isfinite(x)
+    out = np.where(bad, np.asarray(mean, np.float32)[:, None, None], x).astype(np.float32, copy=False)
+    return out, bad.any(axis=0)
+
+
+def _nodata(optical: np.ndarray) -> np.ndarray | None:
+    """Pixels whose 12 bands are all 0 (L2A no-data), None when there are none."""
+    if optical.dtype.kind == "u":
+        if optical.min() > 0:  # no zero anywhere (the usual case): no pixel can be no-data
+            return None
+        mask = optical.max(axis=0) == 0
+    else:
+        if optical.all():
+            return None
+        mask = np.all(optical == 0, axis=0)
+    return mask if mask.any() else None
+
+
+def _raw_inputs(sar: np.ndarray, optical: np.ndarray | None, contract: Contract
+                ) -> tuple[np.ndarray, np.ndarray | None, float, np.ndarray | None]:
+    sar, sar_bad = _fill_nonfinite(sar, contract.sar_mean)
+    sar_fraction = 0.0 if sar_bad is None else float(sar_bad.mean())
+    if optical is None:
+        return sar, None, sar_fraction, None
+    nodata = _nodata(optical)  # on the delivered values: a NaN band is not 0, as in the shared preprocessing
+    optical, opt_bad = _fill_nonfinite(optical, contract.optical_mean)
+    invalid = nodata if opt_bad is None else (opt_bad if nodata is None else opt_bad | nodata)
+    return sar, optical, sar_fraction, invalid
+
+
+def _standardised_inputs(sar: np.ndarray, optical: np.ndarray | None, contract: Contract
+                         ) -> tuple[np.ndarray, np.ndarray | None, float, np.ndarray | None]:
+    s, sar_fraction = normalise_sar(sar, contract)
+    if optical is None:
+        return s, None, sar_fraction, None
+    opt = np.asarray(optical)
+    invalid = ~np.isfinite(opt).all(axis=0) | np.all(opt == 0, axis=0)
+    o, _ = normalise_optical(opt, contract)
+    return s, o, sar_fraction, invalid if invalid.any() else None
+
+
 def prepare_tile(tile: Tile, contract: Contract, limits: TileLimits = TileLimits()) -> PreparedTile:
-    """Normalise a tile with the shared preprocessing; SAR-only tiles get band-mean (zero) optical input.
+    """Bring a tile into the contract's input form; SAR-only and cloudy tiles mark all optical unusable.
 
     Raises:
-        DataError: the tile is smaller than one patch or its SAR is mostly invalid (NaN/inf, all no-data).
+        DataError: the tile is smaller than one patch or its SAR is mostly invalid (NaN/inf).
     """
     sar = stack_bands(tile.sar, contract.sar_bands, None, "sar") if isinstance(tile.sar, dict) else tile.sar
     h, w = int(sar.shape[-2]), int(sar.shape[-1])
     p = contract.patch_size
     if h < p or w < p:
         raise DataError(f"{tile.id}: tile of {h}x{w} pixels is smaller than the {p}x{p} model patch")
-    if tile.optical is None:
-        optical = np.zeros((len(contract.optical_bands), h, w), np.float32)
-    elif isinstance(tile.optical, dict):
-        optical = stack_bands(tile.optical, contract.optical_bands, (h, w), "optical")
-    else:
-        optical = tile.optical
-    pre = preprocess(sar, optical, contract)
-    if pre.sar_invalid_fraction > limits.max_invalid_fraction:
-        raise DataError(f"{tile.id}: {pre.sar_invalid_fraction:.0%} of S1 pixels are invalid (NaN/inf), "
+    optical = tile.optical
+    if isinstance(optical, dict):
+        optical = stack_bands(optical, contract.optical_bands, (h, w), "optical")
+    prep = _raw_inputs if contract.input_form == "raw" else _standardised_inputs
+    sar_in, opt_in, sar_fraction, invalid = prep(sar, optical, contract)
+    if sar_fraction > limits.max_invalid_fraction:
+        raise DataError(f"{tile.id}: {sar_fraction:.0%} of S1 pixels are invalid (NaN/inf), "
                         f"limit {limits.max_invalid_fraction:.0%}")
-    if tile.optical is None or tile.cloudy:
+    usable = optical is not None and not tile.cloudy
+    if not usable:
         invalid = np.ones((h, w), bool)
-    else:
-        opt = np.asarray(optical)
-        invalid = ~np.isfinite(opt).all(axis=0) | np.all(opt == 0, axis=0)
-    return PreparedTile(tile.id, pre.sar, pre.optical, invalid, pre.sar_invalid_fraction, tile.geo, tile.kind)
+    return PreparedTile(tile.id, sar_in, opt_in, invalid, sar_fraction, tile.geo, tile.kind, contract.input_form,
+                        usable)

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from mosaic_edge.calibration.trt_lint import LintResult, lint_tensorrt_qdq
-from mosaic_edge.contract import Contract
+from mosaic_edge.contract import INPUT_FORMS, Contract
 from mosaic_edge.data.sources import SYNTHETIC, DataSpec
 from mosaic_edge.envelope import Envelope
 from mosaic_edge.errors import UserError
@@ -47,6 +47,7 @@ from mosaic_edge.export import parity as par
 from mosaic_edge.export.eval_sets import EvalSets, evaluation_sets
 from mosaic_edge.export.fp16 import convert_fp16
 from mosaic_edge.export.onnx_export import DEFAULT_OPSET, export_onnx, io_signature
+from mosaic_edge.export.raw_inputs import finish_inputs
 from mosaic_edge.export.report import DEFAULT_MAX_MAP_DROP_PTS, Evaluated, build_report, check_gate, write_report
 from mosaic_edge.export.safety import fallback_section
 from mosaic_edge.fallback import DEFAULT_TARGET_AGREEMENT, FallbackPolicy
@@ -105,6 +106,7 @@ class ExportConfig:
     opset: int = DEFAULT_OPSET
     exporter: str = "legacy"
     trt_version: str = "10.3.0"
+    input_form: str = "raw"  # of the written artefacts (mosaic_edge.export.raw_inputs); checks run standardised
 
     def __post_init__(self) -> None:
         if self.calib_size < 1:
@@ -115,6 +117,8 @@ class ExportConfig:
             raise UserError("--calib-file and --calib-data exclude each other")
         if not 0.0 < self.target_agreement <= 1.0:
             raise UserError(f"--target-agreement must be in (0, 1], got {self.target_agreement}")
+        if self.input_form not in INPUT_FORMS:
+            raise UserError(f"--input-form must be one of {list(INPUT_FORMS)}, got {self.input_form!r}")
 
 
 @dataclass(frozen=True)
@@ -334,4 +338,5 @@ def run_export(checkpoint: str | Path, out_dir: str | Path, config: ExportConfig
     if cal is not None:
         files = {CALIB_NPZ: "calibration-set", CALIB_CACHE: "tensorrt-calib-cache", **files}
     manifest = _write_manifest(out, contract, artefacts, notes, cal, policies, files)
+    manifest = finish_inputs(manifest, cfg.input_form)  # last: every check above ran on standardised inputs
     return ExportResult(out, manifest, report, tuple(results), tuple(report["warnings"]))

@@ -11,19 +11,13 @@ import json
 import os
 import platform
 import subprocess
-from pathlib import Path
 from typing import Any
 
-_JETSON_MODEL = Path("/proc/device-tree/model")
-_JETPACK_RELEASE = Path("/etc/nv_tegra_release")
+from mosaic_edge import environment
 
 
 def _version(module: str) -> str | None:
-    try:
-        mod = importlib.import_module(module)
-    except Exception:  # noqa: BLE001 - absent or broken: report as missing
-        return None
-    return str(getattr(mod, "__version__", "installed"))
+    return environment.module_version(module)
 
 
 def _torch_info() -> dict[str, Any]:
@@ -118,17 +112,7 @@ def _cuda_info() -> dict[str, Any]:
 
 
 def _jetson_info() -> dict[str, Any] | None:
-    if not _JETSON_MODEL.exists():
-        return None
-    info: dict[str, Any] = {"model": _JETSON_MODEL.read_text(errors="replace").strip("\x00\n ")}
-    if _JETPACK_RELEASE.exists():
-        info["l4t_release"] = _JETPACK_RELEASE.read_text(errors="replace").splitlines()[0]
-    try:
-        q = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=5, check=False)
-        info["power_mode"] = " ".join(q.stdout.split())
-    except (OSError, subprocess.SubprocessError):
-        info["power_mode"] = None
-    return info
+    return environment.jetson_info(with_clocks=False)
 
 
 def collect() -> dict[str, Any]:

@@ -5,7 +5,8 @@ verifies its artefact with it. Layout (schema 2)::
 
     {"schema": 2, "mosaic_edge_version": "...", "created": "2026-...Z", "contract": {...Contract dict...},
      "artefacts": {"model.onnx": {"sha256": "...", "precision": "fp32", "target": "any", "opset": 17,
-                                  "inputs": {"sar": ["N", 2, 120, 120], ...}, "outputs": ["logits", ...],
+                                  "inputs": {"sar": ["N", 2, 120, 120], ...},
+                                  "input_dtypes": {"sar": "float32", ...}, "outputs": ["logits", ...],
                                   "notes": {...}},
                    "model.int8.onnx": {..., "calibrated_ranges": {"<tensor>": [lo, hi], ...},
                                        "fallback": {"margin_logit": 1.7, "margin_space": "logit", ...}}, ...},
@@ -67,6 +68,8 @@ class Artefact:
         target: "any", "tensorrt" or "cpu" (see :data:`TARGETS`).
         opset: ONNX default-domain opset, or None for non-ONNX files.
         inputs: Input name -> shape (``"N"`` marks the dynamic batch).
+        input_dtypes: Input name -> numpy dtype name (empty in manifests written before it was recorded); what
+            the inputs hold is the contract's ``input_form``.
         outputs: Output names in graph order.
         notes: Free-form primitives (calibration method, quantizer, parity numbers).
         calibrated_ranges: INT8 only: quantized tensor -> (lowest, highest) value its Q/DQ pair represents.
@@ -79,6 +82,7 @@ class Artefact:
     target: str
     opset: int | None = None
     inputs: Mapping[str, list[Any]] = field(default_factory=dict)
+    input_dtypes: Mapping[str, str] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
     notes: Mapping[str, Any] = field(default_factory=dict)
     calibrated_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
@@ -93,8 +97,8 @@ class Artefact:
     def to_dict(self) -> dict[str, Any]:
         out = {"sha256": self.sha256, "precision": self.precision, "target": self.target,
                "opset": self.opset,
-               "inputs": {k: list(v) for k, v in self.inputs.items()}, "outputs": list(self.outputs),
-               "notes": dict(self.notes)}
+               "inputs": {k: list(v) for k, v in self.inputs.items()}, "input_dtypes": dict(self.input_dtypes),
+               "outputs": list(self.outputs), "notes": dict(self.notes)}
         if self.calibrated_ranges:
             out["calibrated_ranges"] = {k: [float(lo), float(hi)] for k, (lo, hi) in self.calibrated_ranges.items()}
         if self.fallback is not None:
@@ -106,8 +110,8 @@ class Artefact:
         fallback = data.get("fallback")
         return cls(name=name, sha256=str(data["sha256"]), precision=str(data["precision"]),
                    target=str(data.get("target", "any")), opset=data.get("opset"),
-                   inputs=dict(data.get("inputs", {})), outputs=tuple(data.get("outputs", ())),
-                   notes=dict(data.get("notes", {})),
+                   inputs=dict(data.get("inputs", {})), input_dtypes=dict(data.get("input_dtypes", {})),
+                   outputs=tuple(data.get("outputs", ())), notes=dict(data.get("notes", {})),
                    calibrated_ranges={k: (float(v[0]), float(v[1]))
                                       for k, v in dict(data.get("calibrated_ranges", {})).items()},
                    fallback=FallbackPolicy.from_dict(fallback) if fallback is not None else None)

@@ -6,9 +6,9 @@ A tile is one of (README.md, "Spool convention"):
   :data:`~mosaic_edge.contract.S1_BANDS` order) and optionally ``optical`` [12, H, W] L2A reflectance x 1e4 on
   the same 10 m grid (:data:`~mosaic_edge.contract.S2_BANDS` order; uint16 as delivered, any real dtype
   accepted), ``cloudy`` (bool scalar: the optical data is unusable), ``transform`` (6 floats, the affine pixel ->
-  map transform ``a b c d e f``, rasterio's order) and ``crs`` (``"EPSG:<code>"``). Loaded with
-  ``allow_pickle=False`` after checking every member's declared shape and dtype. :func:`write_tile` is the one
-  writer (tests, benchmarks, the profiler's synthetic tiles, tools that turn products into tiles).
+  map transform ``a b c d e f``, rasterio's order) and ``crs`` (``"EPSG:<code>"``). Parsed without pickles
+  after checking every member's declared shape and dtype (:mod:`mosaic_edge.tile_npz`). :func:`write_tile` is
+  the one writer (tests, benchmarks, the profiler's synthetic tiles, tools that turn products into tiles).
 - a folder with ``s1.tif`` ([2, H, W] float dB) + ``s2.tif`` ([12, H, W] on the same grid), multi-band
   GeoTIFFs.
 - a folder with BigEarthNet per-band files of one S1 and one S2 patch (``*_VV.tif``, ``*_VH.tif``,
@@ -19,24 +19,32 @@ only S1 files whose ``.ready`` marker says it is complete (``allow_sar_only``), 
 or mostly invalid. A folder with S1 but no S2 and no marker raises :class:`MissingPartnerError`, so the spool
 can wait. Symlinks are refused everywhere. Every problem raises :class:`~mosaic_edge.errors.DataError` with
 one line.
+
+One pass over the bytes: :func:`read_files` reads each file of a tile once into memory; its SHA-256 (the
+identity of a tile for exactly-once, :meth:`TileFiles.sha256` == :func:`fingerprint`) and :func:`decode` work
+on those bytes, and ``.npz`` arrays stay views into them.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import stat
 import uuid
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mosaic_edge.data.tiff import GeoInfo, read_tiff
+from mosaic_edge.data.tiff import GeoInfo, decode_tiff
 from mosaic_edge.errors import DataError
+from mosaic_edge.tile_bands import decode_band_tile
+from mosaic_edge.tile_npz import NPZ_KEYS, parse_npz
 
-NPZ_KEYS = frozenset({"sar", "optical", "cloudy", "transform", "crs"})
+__all__ = ["NPZ_KEYS", "MissingPartnerError", "Tile", "TileFiles", "TileLimits", "decode", "fingerprint",
+           "load_npz", "read_files", "read_tile", "write_tile"]
 
 
 class MissingPartnerError(DataError):
@@ -58,6 +66,11 @@ class TileLimits:
     max_files: int = 64
     max_invalid_fraction: float = 0.5
 
+    @property
+    def max_file_bytes(self) -> int:
+        """Largest file of a tile: 16 float64 bands of ``max_pixels`` plus headers."""
+        return 16 * 8 * self.max_pixels + (1 << 20)
+
 
 @dataclass
 class Tile:
@@ -71,67 +84,130 @@ class Tile:
     kind: str
 
 
-def _files(path: Path, limits: TileLimits) -> list[Path]:
-    """Regular files of a tile (the file itself or a folder up to one level deep); refuses symlinks."""
+def _files(path: Path, limits: TileLimits) -> list[tuple[str, str]]:
+    """``(name relative to the tile, path)`` of a tile's regular files -- the file itself, or a folder's files
+    up to one level deep -- in :func:`fingerprint`'s order; refuses symlinks and anything not a regular file."""
     if path.is_symlink():
         raise DataError(f"{path.name}: is a symlink (refused)")
     if path.is_file():
-        return [path]
+        return [(path.name, str(path))]
     if not path.is_dir():
         raise DataError(f"{path.name}: disappeared or is not a file or folder")
-    out = []
-    for root, dirs, files in os.walk(path, followlinks=False):
-        depth = len(Path(root).relative_to(path).parts)
-        for name in dirs + files:
-            p = Path(root) / name
-            if p.is_symlink():
-                raise DataError(f"{path.name}: {p.relative_to(path)} is a symlink (refused)")
-        if depth >= 1 and dirs:
-            raise DataError(f"{path.name}: folders nested deeper than one level")
-        out += [Path(root) / f for f in files]
-        if len(out) > limits.max_files:
-            raise DataError(f"{path.name}: more than {limits.max_files} files")
-    return sorted(out)
+    out: list[tuple[str, str]] = []
+
+    def add(entry: os.DirEntry, rel: str, depth: int) -> None:
+        if entry.is_symlink():
+            raise DataError(f"{path.name}: {rel} is a symlink (refused)")
+        if entry.is_dir(follow_symlinks=False):
+            if depth >= 1:
+                raise DataError(f"{path.name}: folders nested deeper than one level")
+            with os.scandir(entry.path) as sub:
+                for child in sub:
+                    add(child, f"{rel}/{child.name}", depth + 1)
+        elif entry.is_file(follow_symlinks=False):
+            out.append((rel, entry.path))
+            if len(out) > limits.max_files:
+                raise DataError(f"{path.name}: more than {limits.max_files} files")
+        else:
+            raise DataError(f"{path.name}: {rel} is not a regular file (refused)")
+
+    with os.scandir(path) as entries:
+        for entry in entries:
+            add(entry, entry.name, 0)
+    return sorted(out, key=lambda item: item[0].split("/"))
 
 
 def fingerprint(path: Path) -> str:
-    """SHA-256 over the relative names and bytes of a tile's files (identifies re-sent tiles)."""
+    """SHA-256 over the relative names and bytes of a tile's files (identifies re-sent tiles).
+
+    The same digest as :meth:`TileFiles.sha256` of the tile's files read by :func:`read_files`.
+    """
     h = hashlib.sha256()
-    for f in _files(path, TileLimits(max_files=10_000)):
-        h.update(str(f.relative_to(path) if f != path else f.name).encode() + b"\0")
+    for name, f in _files(path, TileLimits(max_files=10_000)):
+        h.update(name.encode() + b"\0")
         with open(f, "rb") as fh:
             while block := fh.read(1 << 20):
                 h.update(block)
     return h.hexdigest()
 
 
-def load_npz(path: Path, limits: TileLimits) -> dict[str, np.ndarray]:
-    """Load an ``.npz`` safely: no pickles, member sizes checked from their headers before reading."""
-    fmt = np.lib.format
-    out: dict[str, np.ndarray] = {}
+@dataclass(frozen=True)
+class TileFiles:
+    """The files of one tile, each read once into memory (:func:`read_files`).
+
+    Attributes:
+        path: The tile (file or folder).
+        files: ``(name relative to the tile, bytes)`` in the order :func:`fingerprint` hashes them.
+    """
+
+    path: Path
+    files: tuple[tuple[str, memoryview], ...]
+
+    def sha256(self) -> str:
+        """:func:`fingerprint` of the tile, from the bytes in memory (no second read)."""
+        h = hashlib.sha256()
+        for name, data in self.files:
+            h.update(name.encode() + b"\0")
+            h.update(data)
+        return h.hexdigest()
+
+
+def _read_file(path: str | Path, max_bytes: int | None = None) -> memoryview:
+    """All bytes of one file, read straight into one buffer (no zero-filling, no growing). A symlink or a FIFO
+    swapped in after the folder was listed is refused (``O_NOFOLLOW``; ``O_NONBLOCK`` + a regular-file check).
+
+    Raises:
+        DataError: not a regular file, or larger than ``max_bytes``.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    fd = os.open(path, flags)
     try:
-        with zipfile.ZipFile(path) as zf:
-            for info in zf.infolist():
-                key = info.filename.removesuffix(".npy")
-                if key not in NPZ_KEYS:
-                    raise DataError(f"{path.name}: unexpected array {key!r} (allowed: {sorted(NPZ_KEYS)})")
-                with zf.open(info) as fh:
-                    version = fmt.read_magic(fh)
-                    reader = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-                    shape, _fortran, dtype = reader(fh)
-                    if dtype.hasobject:
-                        raise DataError(f"{path.name}: array {key!r} holds Python objects (pickles refused)")
-                    if int(np.prod(shape, dtype=np.int64)) > 16 * limits.max_pixels:
-                        raise DataError(f"{path.name}: array {key!r} declares shape {shape}, over the limit")
-                with zf.open(info) as fh:
-                    out[key] = fmt.read_array(fh, allow_pickle=False)
-    except DataError:
-        raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{Path(path).name}: not a regular file (refused)")
+        size = st.st_size
+        if max_bytes is not None and size > max_bytes:
+            raise DataError(f"{Path(path).name}: larger than {max_bytes} bytes")
+        view = memoryview(np.empty(size, np.uint8).data)
+        done = 0
+        while done < size:
+            n = os.readv(fd, [view[done:]])
+            if n == 0:
+                break  # the file shrank since fstat: decoding will find it truncated
+            done += n
+        return view[:done]
+    finally:
+        os.close(fd)
+
+
+def read_files(path: str | Path, limits: TileLimits = TileLimits()) -> TileFiles:
+    """Read every file of a tile once (symlinks refused, count and size limited).
+
+    Raises:
+        DataError: a symlink, too many or too large files, or a file that vanished while being read.
+    """
+    path = Path(path)
+    files = []
+    for name, f in _files(path, limits):
+        try:
+            files.append((name, _read_file(f, limits.max_file_bytes)))
+        except FileNotFoundError as exc:
+            raise DataError(f"{path.name}: {name}: no such file (it disappeared while being read)") from exc
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise DataError(f"{path.name}: {name} is a symlink (refused)") from exc
+            raise
+    return TileFiles(path, tuple(files))
+
+
+def load_npz(path: Path, limits: TileLimits) -> dict[str, np.ndarray]:
+    """Load an ``.npz`` safely (:mod:`mosaic_edge.tile_npz`): no pickles, sizes checked before reading."""
+    path = Path(path)
+    try:
+        data = _read_file(path)
     except FileNotFoundError as exc:
         raise DataError(f"{path.name}: disappeared while being read") from exc
-    except Exception as exc:  # noqa: BLE001 - zipfile/numpy raise many types on corrupt archives
-        raise DataError(f"{path.name}: unreadable .npz ({type(exc).__name__}: {exc})") from exc
-    return out
+    return parse_npz(data, path.name, limits.max_pixels)
 
 
 def _geo_from_npz(arrays: dict[str, np.ndarray], name: str) -> GeoInfo | None:
@@ -144,7 +220,8 @@ def _geo_from_npz(arrays: dict[str, np.ndarray], name: str) -> GeoInfo | None:
     return GeoInfo(transform=tuple(float(v) for v in t), crs=crs)  # type: ignore[arg-type]
 
 
-def _check_arrays(sar: np.ndarray, optical: np.ndarray | None, name: str, limits: TileLimits) -> None:
+def check_arrays(sar: np.ndarray, optical: np.ndarray | None, name: str, limits: TileLimits) -> None:
+    """Shapes, dtypes and size of a tile's S1 ``[2, H, W]`` (float dB) and S2 ``[12, H, W]`` arrays."""
     if sar.ndim != 3 or sar.shape[0] != 2:
         raise DataError(f"{name}: S1 must be [2, H, W] (VV, VH), got shape {sar.shape}")
     if sar.dtype.kind != "f":
@@ -161,20 +238,21 @@ def _check_arrays(sar: np.ndarray, optical: np.ndarray | None, name: str, limits
         raise DataError(f"{name}: S1 size {sar.shape[1:]} and S2 size {optical.shape[1:]} differ")
 
 
-def _read_npz_tile(path: Path, tile_id: str, limits: TileLimits) -> Tile:
-    arrays = load_npz(path, limits)
+def _npz_tile(data: memoryview, name: str, tile_id: str, limits: TileLimits) -> Tile:
+    arrays = parse_npz(data, name, limits.max_pixels)
     if "sar" not in arrays:
-        raise DataError(f"{path.name}: no 'sar' array (has {sorted(arrays)})")
+        raise DataError(f"{name}: no 'sar' array (has {sorted(arrays)})")
     sar, optical = arrays["sar"], arrays.get("optical")
-    _check_arrays(sar, optical, path.name, limits)
+    check_arrays(sar, optical, name, limits)
     cloudy = bool(np.asarray(arrays.get("cloudy", False)).item()) if "cloudy" in arrays else False
-    return Tile(tile_id, sar, optical, _geo_from_npz(arrays, path.name), cloudy, "npz")
+    return Tile(tile_id, sar, optical, _geo_from_npz(arrays, name), cloudy, "npz")
 
 
-def _read_geotiff_pair(s1: Path, s2: Path | None, tile_id: str, limits: TileLimits) -> Tile:
-    sar, g1 = read_tiff(s1, max_pixels=limits.max_pixels)
-    optical, g2 = read_tiff(s2, max_pixels=limits.max_pixels) if s2 is not None else (None, None)
-    _check_arrays(sar, optical, tile_id, limits)
+def _geotiff_pair(s1: tuple[str, memoryview], s2: tuple[str, memoryview] | None, tile_id: str,
+                  limits: TileLimits) -> Tile:
+    sar, g1 = decode_tiff(s1[1], f"{tile_id}/{s1[0]}", max_pixels=limits.max_pixels)
+    optical, g2 = decode_tiff(s2[1], f"{tile_id}/{s2[0]}", limits.max_pixels) if s2 is not None else (None, None)
+    check_arrays(sar, optical, tile_id, limits)
     if g1 is not None and g2 is not None:
         if g1.crs != g2.crs:
             raise DataError(f"{tile_id}: S1 CRS {g1.crs} and S2 CRS {g2.crs} differ")
@@ -183,9 +261,29 @@ def _read_geotiff_pair(s1: Path, s2: Path | None, tile_id: str, limits: TileLimi
     return Tile(tile_id, sar, optical, g1 or g2, False, "geotiff")
 
 
+def decode(files: TileFiles, tile_id: str | None = None, limits: TileLimits = TileLimits(),
+           allow_sar_only: bool = False) -> Tile:
+    """Turn a tile's files (read once by :func:`read_files`) into raw arrays; see :func:`read_tile`."""
+    path = files.path
+    tile_id = tile_id or path.name.removesuffix(".npz")
+    npz = [(n, d) for n, d in files.files if n.lower().endswith(".npz")]
+    if path.is_file() or npz:
+        if len(npz) != 1 or (path.is_file() and not path.name.lower().endswith(".npz")):
+            raise DataError(f"{tile_id}: expected one .npz, found {len(npz) if path.is_dir() else 0}")
+        return _npz_tile(npz[0][1], Path(npz[0][0]).name, tile_id, limits)
+    names = {Path(n).name.lower(): (n, d) for n, d in files.files}
+    if "s1.tif" in names or "s2.tif" in names:
+        if "s1.tif" not in names:
+            raise MissingPartnerError(f"{tile_id}: s2.tif without its S1 partner s1.tif")
+        if "s2.tif" not in names and not allow_sar_only:
+            raise MissingPartnerError(f"{tile_id}: s1.tif without its S2 partner s2.tif")
+        return _geotiff_pair(names["s1.tif"], names.get("s2.tif"), tile_id, limits)
+    return decode_band_tile(files, tile_id, limits, allow_sar_only)
+
+
 def read_tile(path: str | Path, tile_id: str | None = None, limits: TileLimits = TileLimits(),
               allow_sar_only: bool = False) -> Tile:
-    """Read one tile (file or folder) into raw arrays.
+    """Read one tile (file or folder) into raw arrays (:func:`read_files` then :func:`decode`).
 
     Args:
         path: The ``.npz`` file or the tile folder.
@@ -197,55 +295,7 @@ def read_tile(path: str | Path, tile_id: str | None = None, limits: TileLimits =
     Raises:
         DataError: one line naming the problem; :class:`MissingPartnerError` when a modality is absent.
     """
-    path = Path(path)
-    tile_id = tile_id or path.name.removesuffix(".npz")
-    files = _files(path, limits)
-    try:
-        npz = [f for f in files if f.suffix.lower() == ".npz"]
-        if path.is_file() or npz:
-            if len(npz) != 1:
-                raise DataError(f"{tile_id}: expected one .npz, found {len(npz) if path.is_dir() else 0}")
-            return _read_npz_tile(npz[0], tile_id, limits)
-        names = {f.name.lower(): f for f in files}
-        if "s1.tif" in names or "s2.tif" in names:
-            if "s1.tif" not in names:
-                raise MissingPartnerError(f"{tile_id}: s2.tif without its S1 partner s1.tif")
-            if "s2.tif" not in names and not allow_sar_only:
-                raise MissingPartnerError(f"{tile_id}: s1.tif without its S2 partner s2.tif")
-            return _read_geotiff_pair(names["s1.tif"], names.get("s2.tif"), tile_id, limits)
-        return _read_band_tile(files, tile_id, limits, allow_sar_only)
-    except FileNotFoundError as exc:
-        raise DataError(f"{tile_id}: a file disappeared while being read ({Path(exc.filename or '').name})") \
-            from exc
-
-
-def _read_band_tile(files: list[Path], tile_id: str, limits: TileLimits, allow_sar_only: bool) -> Tile:
-    from mosaic_edge.data.benv2 import read_benv2_patch  # the training reader: same band handling
-
-    vv = [f for f in files if f.stem.upper().endswith("_VV")]
-    b02 = [f for f in files if f.stem.upper().endswith("_B02")]
-    if not vv and not b02:
-        raise DataError(f"{tile_id}: no tile files (.npz, s1.tif+s2.tif, or per-band *_VV.tif/*_B02.tif)")
-    if len(vv) > 1 or len(b02) > 1:
-        raise DataError(f"{tile_id}: more than one S1 or S2 patch in the folder")
-    if not vv:
-        raise MissingPartnerError(f"{tile_id}: S2 band files without the S1 partner (*_VV.tif, *_VH.tif)")
-    if not b02:
-        if not allow_sar_only:
-            raise MissingPartnerError(f"{tile_id}: S1 band files without the S2 partner (*_B02.tif ...)")
-        sar = {}
-        for band in ("VV", "VH"):
-            match = [f for f in files if f.stem.upper().endswith(f"_{band}")]
-            if len(match) != 1:
-                raise DataError(f"{tile_id}: S1 band {band} missing or ambiguous")
-            sar[band], _ = read_tiff(match[0], max_pixels=limits.max_pixels)
-        arr = np.stack([sar["VV"], sar["VH"]]) if sar["VV"].shape == sar["VH"].shape else None
-        if arr is None:
-            raise DataError(f"{tile_id}: S1 bands VV and VH differ in size")
-        _check_arrays(arr, None, tile_id, limits)
-        return Tile(tile_id, arr, None, None, False, "benv2")
-    raw = read_benv2_patch(vv[0].parent, b02[0].parent, patch_size=None, patch_id=tile_id)
-    return Tile(tile_id, raw.sar, raw.optical, raw.meta.get("geo"), False, "benv2")
+    return decode(read_files(path, limits), tile_id, limits, allow_sar_only)
 
 
 def write_tile(path: str | Path, sar: np.ndarray, optical: np.ndarray | None = None, *,

@@ -27,6 +27,8 @@ def export(
                                            help="INT8 fallback: decision agreement with fp32 to reach."),
     quant_backend: str = typer.Option("onnxruntime", "--quant-backend", help="onnxruntime|modelopt|auto"),
     opset: int = typer.Option(17, "--opset", help="ONNX opset (>= 17)."),
+    input_form: str = typer.Option("raw", "--input-form", help="raw: artefacts take physical units and "
+                                   "standardise in the graph | standardised: the host standardises."),
 ) -> None:
     """Export a checkpoint to ONNX (+ fp16, + INT8), parity-check it, write report.md and manifest.json."""
     from mosaic_edge.export.pipeline import ExportConfig, run_export
@@ -35,7 +37,7 @@ def export(
                           calib_file=str(calib_file) if calib_file else None, calib_data=tuple(calib_data),
                           data=data, eval_data=tuple(eval_data), eval_limit=eval_limit or None,
                           max_map_drop_pts=max_map_drop, target_agreement=target_agreement,
-                          quant_backend=quant_backend, opset=opset)
+                          quant_backend=quant_backend, opset=opset, input_form=input_form)
     result = run_export(checkpoint, out, config, progress=lambda line: typer.echo(line, err=True))
     for line in result.warnings:
         typer.echo(f"warning: {line}", err=True)

@@ -130,7 +130,7 @@ def run() -> list[dict[str, Any]]:
         return [skip("gpu_profile", "no CUDA device")]
     import numpy as np
 
-    from mosaic_edge.edge_runtime.profiling import ProfileConfig, profile_to_dir
+    from mosaic_edge.edge_runtime.profile_run import ProfileConfig, profile_to_dir
 
     results: list[dict[str, Any]] = []
     gpu = torch.cuda.get_device_name(0)

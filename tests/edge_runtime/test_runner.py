@@ -81,3 +81,34 @@ def test_run_batched_equals_one_batch(tiny_onnx, contract):
         parts = run_batched(r, b["sar"], b["optical"], batch=3)
     for k in whole:
         np.testing.assert_allclose(parts[k], whole[k], rtol=1e-5, atol=1e-6)
+
+
+def test_ort_sessions_do_not_spin_and_use_the_usable_cores(tiny_onnx):
+    from mosaic_edge.edge_runtime.runner import usable_cores
+
+    with OnnxRuntimeRunner(tiny_onnx) as r:
+        so = r._session.get_session_options()
+        assert so.intra_op_num_threads == usable_cores() == r.describe()["threads"]
+        assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        assert so.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    with OnnxRuntimeRunner(tiny_onnx, threads=1, spin=True) as r:
+        so = r._session.get_session_options()
+        assert so.intra_op_num_threads == 1
+        assert so.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    with pytest.raises(UserError, match="threads"):
+        OnnxRuntimeRunner(tiny_onnx, threads=0)
+
+
+def test_input_buffers_are_reused_and_fed_straight_to_infer(tiny_onnx, contract):
+    with OnnxRuntimeRunner(tiny_onnx, threads=1) as r:
+        bufs = r.input_buffers(4)
+        assert {k: (v.shape, str(v.dtype)) for k, v in bufs.items()} == {
+            "sar": ((4, 2, 16, 16), "float32"), "optical": ((4, 12, 16, 16), "float32")}
+        assert r.input_buffers(3) is bufs and r.input_buffers(4)["sar"] is bufs["sar"]  # no new allocation
+        assert len(r.input_buffers(9)["sar"]) == 9  # grows when asked for more rows
+        b = _batch(contract, n=3)
+        bufs = r.input_buffers(3)
+        for k in b:
+            bufs[k][:3] = b[k]
+        via_buffers = r.infer({k: v[:3] for k, v in bufs.items()})
+        np.testing.assert_array_equal(via_buffers["logits"], r.infer(b)["logits"])

@@ -17,7 +17,7 @@ from mosaic_edge.cli import main  # noqa: E402
 from mosaic_edge.contract import Contract  # noqa: E402
 from mosaic_edge.errors import UserError  # noqa: E402
 from mosaic_edge.export.onnx_export import read_contract  # noqa: E402
-from mosaic_edge.export.parity import INT8_TOLERANCE, check_parity, run_torch  # noqa: E402
+from mosaic_edge.export.parity import INT8_TOLERANCE, Samples, check_parity, run_torch  # noqa: E402
 from mosaic_edge.export.pipeline import ExportConfig, run_export  # noqa: E402
 from mosaic_edge.manifest import Manifest  # noqa: E402
 from mosaic_edge.train.checkpoint import load_checkpoint  # noqa: E402
@@ -88,7 +88,9 @@ def test_tensorrt_artefact_quantizes_weighted_op_inputs_only(exported: Path) -> 
 def test_calibration_cache_and_set_parse_back(exported: Path, contract: Contract) -> None:
     cache = read_calib_cache(exported / "calib.cache")
     assert cache.scales and all(s > 0 for s in cache.scales.values())
-    assert "sar" in cache.scales and "optical" in cache.scales
+    # the inputs' scales belong to the standardised tensors inside the raw-input graphs
+    assert "sar_standardised" in cache.scales and "optical_standardised" in cache.scales
+    assert "sar" not in cache.scales and "optical" not in cache.scales
     calib = load_calibration_set(exported / "calib.npz", contract)
     assert calib["sar"].shape[1:] == (2, contract.patch_size, contract.patch_size)
 
@@ -112,12 +114,24 @@ def test_report_has_every_artefact_on_both_sets(exported: Path) -> None:
     assert "TensorRT placement lint of `model.int8.onnx`: **PASSED**" in (exported / "report.md").read_text()
 
 
+def _physical_units(samples: Samples, contract: Contract) -> Samples:
+    """Standardised samples back in the units a raw-input artefact takes (``x * std + mean``; pixels that were
+    invalid become the band mean, which the artefact's prologue maps to 0 as the host did)."""
+    stats = {"sar": (contract.sar_mean, contract.sar_std), "optical": (contract.optical_mean, contract.optical_std)}
+    raw = {k: (v * np.asarray(stats[k][1], np.float32)[:, None, None]
+               + np.asarray(stats[k][0], np.float32)[:, None, None]).astype(np.float32)
+           for k, v in samples.inputs.items()}
+    return Samples(samples.name, raw, samples.labels, samples.ids)
+
+
 @pytest.mark.parametrize("name", ["model.int8.onnx", "model.int8-cpu.onnx"])
 def test_int8_parity_within_tolerance(exported: Path, tiny_checkpoint: Path, contract: Contract, name: str,
                                       test_samples, benv2_samples) -> None:
     model, _ = load_checkpoint(tiny_checkpoint)
+    assert read_contract(exported / name).input_form == "raw"  # the default export standardises in the graph
     for samples in (test_samples, benv2_samples):
-        res = check_parity(run_torch(model, samples.inputs), exported / name, samples, contract, "int8")
+        raw = _physical_units(samples, contract)
+        res = check_parity(run_torch(model, samples.inputs), exported / name, raw, contract, "int8")
         assert res.tolerance == INT8_TOLERANCE
         assert res.passed, res.describe()
         assert res.n == len(samples)

@@ -67,15 +67,16 @@ def test_manifest_carries_envelope_ranges_and_fallback_policy(calibrated: tuple[
     lo, hi = env.bounds()
     assert (lo[:2] > -60).all() and (hi[:2] < 20).all()  # dB, not standardised values
     assert (hi[2:] > 100).all()  # reflectance x 1e4
-    # the quantized tensor fed by the ``sar`` input: the input itself, or its fp16 Cast on the TensorRT fp16 base
+    # the quantized tensor fed by the ``sar`` input -- in a raw-input artefact its standardised form -- itself,
+    # or its fp16 Cast on the TensorRT fp16 base
     sar_tensor = {}
     for name in (INT8_TRT, INT8_CPU):
         graph = onnx.load(str(out / name)).graph
-        casts = [n.output[0] for n in graph.node if n.op_type == "Cast" and n.input[0] == "sar"]
-        sar_tensor[name] = casts[0] if casts else "sar"
+        casts = [n.output[0] for n in graph.node if n.op_type == "Cast" and n.input[0] == "sar_standardised"]
+        sar_tensor[name] = casts[0] if casts else "sar_standardised"
         art = m.artefacts[name]
         assert art.fallback is not None and art.fallback.margin_logit >= 0
-        assert sar_tensor[name] in art.calibrated_ranges
+        assert sar_tensor[name] in art.calibrated_ranges and "sar" not in art.calibrated_ranges
         assert all(lo < hi for lo, hi in art.calibrated_ranges.values())
     assert m.artefacts["model.onnx"].fallback is None and not m.artefacts["model.onnx"].calibrated_ranges
     trt = m.artefacts[INT8_TRT].calibrated_ranges[sar_tensor[INT8_TRT]]

@@ -40,7 +40,10 @@ TIMING_MAGIC = b"FAKE-TRT-TIMING\n"
 SUPPORTED_OPS = {"Conv", "Relu", "Add", "Sub", "Mul", "Div", "Gemm", "MatMul", "MaxPool", "AveragePool",
                  "GlobalAveragePool", "ReduceMean", "ReduceL2", "Constant", "Clip", "Shape", "Expand", "Concat",
                  "Flatten", "Reshape", "Tanh", "Sigmoid", "Cast", "QuantizeLinear", "DequantizeLinear",
-                 "BatchNormalization", "Identity", "Sqrt", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Slice"}
+                 "BatchNormalization", "Identity", "Sqrt", "Transpose", "Squeeze", "Unsqueeze", "Gather", "Slice",
+                 # the raw-input prologue (mosaic_edge.export.raw_inputs); onnx-tensorrt docs/operators.md lists
+                 # each as supported (FP32/FP16) from TensorRT 8.4 on
+                 "Abs", "ReduceMax", "Equal", "Where"}
 PRECISION_FLAGS = ("FP16", "INT8", "BF16", "FP8", "INT4")
 
 
