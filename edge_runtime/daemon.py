@@ -6,9 +6,16 @@
   and hashing release the GIL -- and queues them (at most ``queue_tiles`` ahead of inference);
 * inference (the thread calling :meth:`Daemon.run`): gathers patches into batches of up to ``batch`` or
   whatever arrived within ``max_wait_ms`` of the first one, cuts their windows straight into the runner's
-  input buffers, runs the runner, and hands finished tiles on;
+  input buffers, runs the runner, and hands finished tiles on -- in the order they were read;
 * writer (:class:`~mosaic_edge.edge_runtime.commit.Committer`): writes results atomically, then moves inputs
   to ``done/``, a group of tiles per directory fsync, so inference never waits on the disk.
+
+INT8 safety net (:mod:`~mosaic_edge.edge_runtime.safety`): readers drift-check every window against the
+export's calibration envelope; after each INT8 batch the inference thread queues the windows the fallback
+policy flags (borderline or drifted) and re-runs them with the higher-precision runner in batches -- up to
+``batch`` windows or whatever was flagged within ``max_wait_ms`` of the first one, or at once when no more
+tiles are coming -- on the same thread, so both runners are never busy at once. A tile is handed to the writer
+only when every window is answered, and tiles leave in the order they were read.
 
 A full queue blocks the stage before it, so a slow disk slows reading instead of filling memory. A bad tile
 goes to ``failed/`` with a one-line reason and the daemon carries on. A full output disk pauses the writer and
@@ -33,6 +40,7 @@ from mosaic_edge.edge_runtime.commit import Committer
 from mosaic_edge.edge_runtime.logs import get_logger
 from mosaic_edge.edge_runtime.metrics_http import Metrics
 from mosaic_edge.edge_runtime.runner import Runner, usable_cores
+from mosaic_edge.edge_runtime.safety import RerunFailed, Reruns, SafetyNet
 from mosaic_edge.edge_runtime.spool import Candidate, IncomingWatcher, Spool, SpoolGone
 from mosaic_edge.edge_runtime.spool_names import escape
 from mosaic_edge.edge_runtime.watchdog import Supervisor
@@ -104,8 +112,9 @@ class Daemon:
     """Serve ``runner`` over the spool at ``spool``; :meth:`run` blocks until stopped (or drained: once)."""
 
     def __init__(self, runner: Runner, spool: str | Path | Spool, config: ServeConfig = ServeConfig(),
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, safety: SafetyNet | None = None):
         self.runner, self.config = runner, config
+        self.safety = safety if safety is not None else SafetyNet()
         self.spool = spool if isinstance(spool, Spool) else Spool(spool, settle_s=config.settle_s)
         self.metrics = metrics or Metrics()
         self._stop = threading.Event()
@@ -119,6 +128,8 @@ class Daemon:
         self.metrics_address: tuple[str, int] | None = None
         # A TensorRT engine's profile caps the batch; never hand it more.
         self.batch = min(config.batch, runner.max_batch or config.batch)
+        self._reruns = Reruns(self.safety, self.batch, config.max_wait_ms / 1e3, self._count)
+        self._unfinished: deque[InFlight] = deque()  # in the order read: committed in this order
         self._committer = Committer(self.spool, runner, self.metrics, self._stop, self._fail, self._release,
                                     config.disk_retry_s, config.disk_retry_max_s, config.write_queue)
 
@@ -194,10 +205,12 @@ class Daemon:
         Raises what :func:`pipeline.load` raises for a bad tile (the caller fails or defers it).
         """
         job = pipeline.load(cand.path, cand.tile_id, self.runner.contract, self.config.limits, self.config.stride,
-                            allow_sar_only=cand.marker)
+                            allow_sar_only=cand.marker, net=self.safety)
         t = job.timings_ms
         self.metrics.observe("read", (t["read"] + t["verify"]) / 1e3)
         self.metrics.observe("preprocess", (t["prepare"] + t["cut"]) / 1e3)
+        if "drift" in t:
+            self.metrics.observe("drift", t["drift"] / 1e3)
         item = InFlight(job, cand, time.perf_counter())
         while not self._stop.is_set():
             try:
@@ -290,7 +303,9 @@ class Daemon:
         return list(self._read_pool.map(lambda c: self._take_guarded(c, handled), ready))
 
     # ---- inference side ------------------------------------------------------------------------------------
-    def _gather(self, backlog: deque) -> list[tuple[InFlight, int, int]] | None:
+    def _gather(self, backlog: deque, deadline: float | None = None) -> list[tuple[InFlight, int, int]] | None:
+        """The next batch's ``(tile, first window, end)`` slices; [] when none came before ``deadline`` (or a
+        while), None once the reader is done and everything is batched."""
         items: list[tuple[InFlight, int, int]] = []
         count, first = 0, None
         max_wait = self.config.max_wait_ms / 1e3
@@ -310,7 +325,10 @@ class Daemon:
                 continue
             if self._reader_done:
                 break
-            timeout = 0.25 if first is None else first + max_wait - time.perf_counter()
+            if first is None:
+                timeout = 0.25 if deadline is None else min(0.25, deadline - time.perf_counter())
+            else:
+                timeout = first + max_wait - time.perf_counter()
             if timeout <= 0:
                 break
             try:
@@ -325,6 +343,7 @@ class Daemon:
             got.job.timings_ms["queue"] = (time.perf_counter() - got.enqueued) * 1e3
             self.metrics.observe("queue", got.job.timings_ms["queue"] / 1e3)
             backlog.append(got)
+            self._unfinished.append(got)
         self.metrics.set("queue_depth", self._queue.qsize() + len(backlog))
         return None if not items and self._reader_done else items
 
@@ -350,8 +369,34 @@ class Daemon:
                 pipeline.store_outputs(item.job, a, {k: v[off:off + b - a] for k, v in out.items()})
                 timings["cut"] = timings.get("cut", 0.0) + (t1 - t0) * 1e3 * (b - a) / len(batch["sar"])
                 timings["infer"] = timings.get("infer", 0.0) + (t2 - t1) * 1e3
+                self._reruns.flag(item, item.job, a, b)  # queue what the fallback must re-run
             off += b - a
-        finished = [i for i in inflight if i.job.n_done == i.job.n and not i.failed]
+
+    # ---- the fallback and the hand-over to the writer -------------------------------------------------------
+    def _count(self, name: str, amount: int) -> None:
+        if name != "windows_checked":  # the "patches" counter already says how many windows were inferred
+            self.metrics.inc(name, amount)
+
+    def _rerun(self, everything: bool) -> None:
+        """Re-run the queued windows that are due (all of them with ``everything``) with the fallback runner."""
+        while True:
+            t0 = time.perf_counter()
+            try:
+                if not next(self._reruns.run(everything), None):
+                    return
+            except RerunFailed as exc:
+                log.error("fallback inference failed", extra={"fields": {"error": str(exc.__cause__)}})
+                self._fail_jobs(exc.owners, str(exc))
+                continue
+            self.metrics.observe("fallback", time.perf_counter() - t0)
+
+    def _hand_over(self) -> None:
+        """Hand the finished tiles at the head of the read order to the writer (one put, in order)."""
+        finished = []
+        while self._unfinished and (self._unfinished[0].failed or self._unfinished[0].job.complete):
+            item = self._unfinished.popleft()
+            if not item.failed:
+                finished.append(item)
         if finished:
             self._committer.put(finished)  # blocks only while the writer is write_queue batches behind
 
@@ -359,10 +404,19 @@ class Daemon:
         for item in inflight:
             if not item.failed:
                 item.failed = True  # its remaining patches are dropped from the backlog
+                self._reruns.discard(item)
                 self._fail(item.name, item.tile_id, reason)
                 self._release(item.candidate)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
+    def stop_fields(self) -> dict[str, Any]:
+        """The stop line: every counter, and the shares of the inferred windows drifted and re-run."""
+        counts = dict(self.metrics.counters)
+        patches = counts.get("patches", 0)
+        for name in ("windows_drifted", "windows_rerun"):
+            counts[f"{name}_fraction"] = round(counts.get(name, 0) / patches, 4) if patches else 0.0
+        return counts
+
     def run(self) -> int:
         """Serve until stopped (or, with ``once``, until ``incoming/`` is drained); return the exit code."""
         restore = {}
@@ -373,6 +427,11 @@ class Daemon:
             removed = self.spool.recover()
             try:
                 self.runner.activate()
+                try:
+                    self.safety.activate()  # the fallback runner, when there is one
+                except BaseException:
+                    self.runner.deactivate()
+                    raise
             except Exception as exc:  # noqa: BLE001 - a clear one-line failure, not a crash loop
                 log.error("cannot load the model",
                           extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
@@ -383,7 +442,8 @@ class Daemon:
             self.metrics_address = service.address
             log.info("serving", extra={"fields": {
                 "spool": str(self.spool.root), "runner": self.runner.describe(),
-                "temp_files_removed": removed, "metrics": self.metrics_address}})
+                "safety_net": self.safety.describe(), "temp_files_removed": removed,
+                "metrics": self.metrics_address}})
             writer = threading.Thread(target=self._committer.run, name="result-writer", daemon=True)
             reader = threading.Thread(target=self._reader, name="tile-reader", daemon=True)
             if self.config.reader_threads > 1:
@@ -393,9 +453,7 @@ class Daemon:
             backlog: deque = deque()
             while True:
                 try:
-                    items = self._gather(backlog)
-                    if items is None:
-                        break
+                    items = self._gather(backlog, self._reruns.deadline())
                     if items:
                         try:
                             self._run_batch(items)
@@ -403,6 +461,11 @@ class Daemon:
                             log.exception("batch error")
                             self._fail_jobs(list(dict.fromkeys(j for j, _, _ in items)),
                                             f"internal error: {type(exc).__name__}: {exc}")
+                    # full fallback batches; all of them when no tile came (idle, past the deadline, or done)
+                    self._rerun(everything=not items)
+                    self._hand_over()
+                    if items is None:
+                        break
                 except Exception:  # noqa: BLE001 - keep serving
                     log.exception("batch loop error")
             reader.join()
@@ -411,8 +474,9 @@ class Daemon:
             self._committer.close()  # after the last batch: the writer commits everything, then returns
             writer.join()
             service.stop()
+            self.safety.deactivate()
             self.runner.deactivate()
-            log.info("stopped", extra={"fields": dict(self.metrics.counters)})
+            log.info("stopped", extra={"fields": self.stop_fields()})
             return EXIT_SPOOL_GONE if self._spool_error is not None else 0
         finally:
             for sig, handler in restore.items():

@@ -13,7 +13,12 @@ caller runs -- and the profiler times -- exactly the same code:
   the engine only moves whole blocks (:func:`batch_inputs`: a view when a batch lies in one tile, else one
   copy per tile into the runner's :meth:`~Runner.input_buffers`); a large tile, whose windows would take more
   than :data:`PRECUT_MAX_BYTES`, is cut straight into the batch buffers by :func:`fill` instead;
+* :func:`drift`: the INT8 safety net's drift check of every window against the export's calibration envelope,
+  on the raw values the host holds (:mod:`mosaic_edge.edge_runtime.safety`);
 * :func:`result_files`: the JSON Lines (and GeoJSON) bytes of a finished tile, built once.
+
+After inference, :func:`gather_windows` / :func:`store_rows` move the windows the borderline fallback re-runs
+(:class:`~mosaic_edge.edge_runtime.safety.Reruns`) into the fallback runner's batch and its answers back.
 
 One-shot prediction and the spool daemon therefore produce byte-for-byte the same records for the same tile
 and runner (apart from timings).
@@ -34,7 +39,9 @@ from mosaic_edge.contract import Contract
 from mosaic_edge.data.tiff import GeoInfo
 from mosaic_edge.edge_runtime import postprocess
 from mosaic_edge.edge_runtime.runner import Runner
+from mosaic_edge.edge_runtime.safety import Reruns, SafetyNet, check_windows, strided_windows
 from mosaic_edge.edge_runtime.tiles import PreparedTile, prepare_tile
+from mosaic_edge.envelope import DriftCheck
 from mosaic_edge.errors import DataError
 from mosaic_edge.tile_format import Tile, TileFiles, TileLimits, decode, read_files
 
@@ -53,6 +60,12 @@ class Job:
             ``source`` batch by batch.
         source: Whole-tile inputs (only while ``inputs`` is None).
         timings_ms: Host time per stage of this tile.
+        drift: Drift check of every window (None: the export has no envelope); ``drift_bands`` names its bands.
+        rerun: uint8 per window, why the fallback re-ran it (bits of :data:`.postprocess.RERUN_REASONS`; None:
+            no window was flagged).
+        answered_fallback: bool per window, answered by the fallback runner (None: none was).
+        fallback_precision: Precision of the fallback runner that answered.
+        rerun_pending: Windows queued for the fallback and not yet answered.
     """
 
     tile_id: str
@@ -67,10 +80,27 @@ class Job:
     timings_ms: dict[str, float] = field(default_factory=dict)
     n_done: int = 0
     logits: dict[str, np.ndarray] = field(default_factory=dict)
+    drift: DriftCheck | None = None
+    drift_bands: tuple[str, ...] = ()
+    rerun: np.ndarray | None = None
+    answered_fallback: np.ndarray | None = None
+    fallback_precision: str | None = None
+    rerun_pending: int = 0
 
     @property
     def n(self) -> int:
         return len(self.windows)
+
+    @property
+    def complete(self) -> bool:
+        """Every window answered, the fallback's re-runs included."""
+        return self.n_done == self.n and self.rerun_pending == 0
+
+    def reasons(self) -> np.ndarray:
+        """:attr:`rerun`, allocated (all 0) on first use."""
+        if self.rerun is None:
+            self.rerun = np.zeros(self.n, np.uint8)
+        return self.rerun
 
 
 # ---- the stages --------------------------------------------------------------------------------------------
@@ -150,6 +180,73 @@ def batch_inputs(runner: Runner, rows: int, parts: Sequence[tuple[Job, int, int]
     return fill(runner.input_buffers(rows), parts)
 
 
+# ---- the safety net's stages (drift on the reader side; the fallback's windows after inference) -------------
+def drift(job: Job, prepared: PreparedTile, tile: Tile, contract: Contract, net: SafetyNet) -> None:
+    """Drift check of every window of ``job`` against ``net.envelope`` (raw units), kept in ``job.drift``.
+
+    Raw-input artefacts: the windows cut for the runner already hold raw values (the check subsamples them);
+    a scene cut batch by batch, and standardised artefacts (whose host arrays are standardised), are subsampled
+    straight from the whole tile's raw arrays, non-finite values as the runtime's preparation replaces them.
+    """
+    env = net.envelope
+    if env is None:
+        return
+    optical_usable = prepared.optical_usable
+    if contract.input_form == "raw" and job.inputs is not None:
+        job.drift = check_windows(env, job.inputs["sar"], job.inputs["optical"] if optical_usable else None,
+                                  job.heads)
+        job.drift_bands = env.bands
+        return
+    strided = net.strided_envelope
+    assert strided is not None
+    if contract.input_form == "raw":
+        sar, optical = prepared.sar, prepared.optical
+    else:  # the tile as read: per-band dicts or stacked arrays, in physical units
+        sar = [tile.sar[b] for b in contract.sar_bands] if isinstance(tile.sar, dict) else tile.sar
+        optical = ([tile.optical[b] for b in contract.optical_bands] if isinstance(tile.optical, dict)
+                   else tile.optical)
+    s = strided_windows(sar, job.windows, env.stride, contract.sar_mean)
+    o = (strided_windows(optical, job.windows, env.stride, contract.optical_mean)
+         if optical is not None and optical_usable else None)
+    job.drift = check_windows(strided, s, o, job.heads)
+    job.drift_bands = env.bands
+
+
+def gather_windows(buffers: dict[str, np.ndarray], parts: Sequence[tuple[Job, np.ndarray]]
+                   ) -> dict[str, np.ndarray]:
+    """Copy windows ``rows`` of each job, in order, into the first rows of ``buffers`` (the fallback runner's
+    :meth:`~Runner.input_buffers`); return those rows. The windows come from the job's cut block, or are cut
+    again from its whole-tile inputs (a scene cut batch by batch)."""
+    row = 0
+    for job, rows in parts:
+        k = len(rows)
+        for name, buf in buffers.items():
+            if job.inputs is not None:
+                np.take(job.inputs[name], rows, axis=0, out=buf[row:row + k])
+            else:
+                assert job.source is not None
+                patching.cut_into(buf[row:row + k], getattr(job.source, name), [job.windows[i] for i in rows])
+        row += k
+    return {name: buf[:row] for name, buf in buffers.items()}
+
+
+def store_rows(job: Job, rows: np.ndarray, outputs: dict[str, np.ndarray], precision: str) -> None:
+    """Replace the head logits of windows ``rows`` of ``job`` by the fallback runner's (of ``precision``)."""
+    for name in set(postprocess.HEAD_OUTPUTS.values()):
+        job.logits[name][rows] = outputs[name]
+    if job.answered_fallback is None:
+        job.answered_fallback = np.zeros(job.n, bool)
+    job.answered_fallback[rows] = True
+    job.fallback_precision = precision
+    job.rerun_pending -= len(rows)
+
+
+def safety_fields(job: Job, runner: Runner) -> postprocess.SafetyFields:
+    """The safety net's per-window record fields of ``job`` (served by ``runner``)."""
+    return postprocess.SafetyFields(runner.precision, job.drift, job.drift_bands, job.answered_fallback,
+                                    job.fallback_precision, job.rerun)
+
+
 def store_outputs(job: Job, start: int, outputs: dict[str, np.ndarray]) -> None:
     """Keep the head logits of patches ``start .. start+len`` of ``job``."""
     k = len(next(iter(outputs.values())))
@@ -170,7 +267,8 @@ def job_records(job: Job, runner: Runner) -> list[dict[str, Any]]:
     """The JSON Lines records of a finished job, as dicts."""
     scores = postprocess.patch_scores(job.logits, job.heads)
     return postprocess.tile_records(job.tile_id, job.windows, job.heads, scores, runner.contract,
-                                    job.geo, job.optical_invalid, _extra(job, runner))
+                                    job.geo, job.optical_invalid, _extra(job, runner),
+                                    safety=safety_fields(job, runner))
 
 
 def result_files(job: Job, runner: Runner) -> tuple[bytes, bytes | None]:
@@ -180,13 +278,15 @@ def result_files(job: Job, runner: Runner) -> tuple[bytes, bytes | None]:
     """
     scores = postprocess.patch_scores(job.logits, job.heads)
     return postprocess.encode_tile(job.tile_id, job.windows, job.heads, scores, runner.contract,
-                                   job.geo, job.optical_invalid, _extra(job, runner))
+                                   job.geo, job.optical_invalid, _extra(job, runner),
+                                   safety=safety_fields(job, runner))
 
 
 # ---- a whole tile ------------------------------------------------------------------------------------------
 def load(path: Path, tile_id: str, contract: Contract, limits: TileLimits = TileLimits(),
-         stride: int | None = None, allow_sar_only: bool = False) -> Job:
-    """read -> verify -> prepare -> cut of one tile, each stage's time in ``job.timings_ms``."""
+         stride: int | None = None, allow_sar_only: bool = False, net: SafetyNet | None = None) -> Job:
+    """read -> verify -> prepare -> cut (-> drift, when ``net`` has an envelope) of one tile, each stage's time
+    in ``job.timings_ms``."""
     t0 = time.perf_counter()
     files, tile = read(path, tile_id, limits, allow_sar_only)
     t1 = time.perf_counter()
@@ -198,11 +298,15 @@ def load(path: Path, tile_id: str, contract: Contract, limits: TileLimits = Tile
     t4 = time.perf_counter()
     job.timings_ms.update({"read": (t1 - t0) * 1e3, "verify": (t2 - t1) * 1e3, "prepare": (t3 - t2) * 1e3,
                            "cut": (t4 - t3) * 1e3})
+    if net is not None and net.envelope is not None:
+        drift(job, prepared, tile, contract, net)
+        job.timings_ms["drift"] = (time.perf_counter() - t4) * 1e3
     return job
 
 
-def infer_job(runner: Runner, job: Job, batch: int = 8) -> None:
-    """Run all windows of ``job`` through an active ``runner``, ``batch`` at a time."""
+def infer_job(runner: Runner, job: Job, batch: int = 8, reruns: Reruns | None = None) -> None:
+    """Run all windows of ``job`` through an active ``runner``, ``batch`` at a time; with ``reruns``, then the
+    windows its fallback flags, in batches, through the fallback runner."""
     batch = min(batch, runner.max_batch or batch)
     for a in range(0, job.n, batch):
         b = min(a + batch, job.n)
@@ -213,21 +317,37 @@ def infer_job(runner: Runner, job: Job, batch: int = 8) -> None:
         t2 = time.perf_counter()
         job.timings_ms["cut"] = job.timings_ms.get("cut", 0.0) + (t1 - t0) * 1e3
         job.timings_ms["infer"] = job.timings_ms.get("infer", 0.0) + (t2 - t1) * 1e3
+        if reruns is not None:
+            reruns.flag(job, job, a, b)
+    if reruns is not None:
+        for _ in reruns.run(everything=True):
+            pass
 
 
 def predict_paths(runner: Runner, paths: Iterable[str | Path], batch: int = 8, stride: int | None = None,
-                  limits: TileLimits = TileLimits(), allow_sar_only: bool = True
-                  ) -> Iterator[tuple[Path, list[dict[str, Any]] | None, str | None]]:
+                  limits: TileLimits = TileLimits(), allow_sar_only: bool = True, net: SafetyNet | None = None,
+                  reruns: Reruns | None = None) -> Iterator[tuple[Path, list[dict[str, Any]] | None, str | None]]:
     """One-shot prediction: yield ``(path, records, None)`` or ``(path, None, error)`` per tile.
 
-    ``runner`` must be active. Explicitly named files are complete, so S1-only folders are SAR-only tiles.
+    ``runner`` (and ``net``'s fallback runner) must be active. Explicitly named files are complete, so S1-only
+    folders are SAR-only tiles. ``reruns`` (default: a queue over ``net`` with ``batch``) keeps the counts.
     """
+    from mosaic_edge.edge_runtime.safety import RerunFailed
+
+    if net is not None and reruns is None:
+        reruns = Reruns(net, batch)
     for p in paths:
         path = Path(p)
         try:
-            job = load(path, path.name.removesuffix(".npz"), runner.contract, limits, stride, allow_sar_only)
+            job = load(path, path.name.removesuffix(".npz"), runner.contract, limits, stride, allow_sar_only, net)
         except DataError as exc:
             yield path, None, str(exc)
             continue
-        infer_job(runner, job, batch)
+        try:
+            infer_job(runner, job, batch, reruns)
+        except RerunFailed as exc:
+            assert reruns is not None
+            reruns.discard(job)
+            yield path, None, str(exc)
+            continue
         yield path, job_records(job, runner), None

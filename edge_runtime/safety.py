@@ -1,0 +1,396 @@
+"""The INT8 safety net at run time: the drift check of every window and the borderline fallback (DESIGN.md).
+
+Export writes the calibration envelope (:mod:`mosaic_edge.envelope`) and, per INT8 artefact, a fallback policy
+(:mod:`mosaic_edge.fallback`) into the manifest. Here the runtime uses them:
+
+* **drift** (:func:`check_windows`): every window's raw values against the envelope -- on the reader side, from
+  the arrays the host already holds (the cut windows of a raw-input artefact; for a standardised artefact or a
+  scene cut batch by batch, a strided subsample taken straight from the whole tile, never a copy of it);
+* **fallback** (:class:`Reruns`): after the INT8 runner answered a batch, the windows whose answering logit for
+  some class lies within the policy's margin of that class's threshold, or that are drifted, wait in a queue
+  and are re-run with the higher-precision runner (fp16 TensorRT, fp32 ONNX Runtime) in batches -- up to the
+  batch size, or whatever was flagged within the daemon's batching wait of the first one -- before their tile
+  is committed. The re-run answers replace the INT8 ones; the record says which precision answered and why.
+
+:class:`SafetyNet` holds what a runner's export offers (envelope, policy, the fallback runner);
+:func:`open_safety_net` builds it. The daemon, ``predict`` and ``profile`` all run these functions.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mosaic_edge.edge_runtime.postprocess import HEAD_OUTPUTS, RERUN_BORDERLINE, RERUN_DRIFTED
+from mosaic_edge.envelope import DriftCheck, Envelope
+from mosaic_edge.errors import UserError
+from mosaic_edge.fallback import FallbackPolicy, needs_fallback
+from mosaic_edge.patching import Window
+
+if TYPE_CHECKING:
+    from mosaic_edge.edge_runtime.pipeline import Job
+    from mosaic_edge.edge_runtime.runner import Runner
+
+# Counters (also the daemon's /metrics names, each exposed with ``_total``).
+COUNTS = ("windows_checked", "windows_drifted", "windows_borderline", "windows_rerun", "fallback_batches")
+
+
+# ---- drift ---------------------------------------------------------------------------------------------------
+def _merge(n: int, parts: Sequence[tuple[np.ndarray, DriftCheck]], bands: int) -> DriftCheck:
+    per_band, combined = np.zeros((n, bands)), np.zeros(n)
+    distance, drifted = np.full(n, np.nan), np.zeros(n, bool)
+    for rows, c in parts:
+        per_band[rows], combined[rows], distance[rows], drifted[rows] = c.per_band, c.combined, c.distance, c.drifted
+    return DriftCheck(per_band, combined, distance, drifted)
+
+
+def check_windows(envelope: Envelope, sar: np.ndarray, optical: np.ndarray | None,
+                  heads: Sequence[str]) -> DriftCheck:
+    """Drift check of raw windows; windows answered by the SAR head are judged on their SAR bands alone (their
+    optical data is unusable, and the SAR head never sees it).
+
+    Args:
+        envelope: The calibration envelope (its ``stride`` subsamples the windows).
+        sar / optical: [n, 2, P, P] / [n, 12, P, P] raw windows (optical None: no optical at all).
+        heads: Per window, "fused" or "sar".
+    """
+    fused = np.fromiter((h == "fused" for h in heads), bool, len(heads))
+    if optical is None or not fused.any():
+        return envelope.check(sar, None)
+    if fused.all():
+        return envelope.check(sar, optical)
+    sar_only = ~fused
+    return _merge(len(heads), [(fused, envelope.check(sar[fused], optical[fused])),
+                               (sar_only, envelope.check(sar[sar_only], None))], len(envelope.bands))
+
+
+def strided_windows(bands: np.ndarray | Sequence[np.ndarray], wins: Sequence[Window], step: int,
+                    fill: Sequence[float] | None = None) -> np.ndarray:
+    """Every ``step``-th row and column of each window of a whole tile, as float32 [n, B, p, p].
+
+    The same values as ``cut(...)[:, :, ::step, ::step]`` without cutting the windows: when every window starts
+    on the ``step`` grid (the usual case), the tile is subsampled once and the small windows are taken from it.
+
+    Args:
+        bands: [B, H, W] array, or one [H, W] array per band.
+        wins: Windows of the tile.
+        step: The envelope's stride.
+        fill: Per band value replacing non-finite values (the band mean, as the runtime's preparation does);
+            None leaves them.
+    """
+    p = -(-wins[0].height // step)
+    out = np.empty((len(wins), len(bands), p, p), np.float32)
+    if all(w.row % step == 0 and w.col % step == 0 for w in wins):
+        grid = (bands[:, ::step, ::step] if isinstance(bands, np.ndarray)
+                else np.stack([b[::step, ::step] for b in bands]))
+        for k, w in enumerate(wins):
+            r, c = w.row // step, w.col // step
+            out[k] = grid[:, r:r + p, c:c + p]
+    else:
+        for k, w in enumerate(wins):
+            for j, band in enumerate(bands):
+                out[k, j] = band[w.row:w.row + w.height:step, w.col:w.col + w.width:step]
+    if fill is not None and not np.isfinite(out).all():
+        value = np.asarray(fill, np.float32)[None, :, None, None]
+        out = np.where(np.isfinite(out), out, value).astype(np.float32)
+    return out
+
+
+# ---- the net -------------------------------------------------------------------------------------------------
+@dataclass
+class SafetyNet:
+    """What the runtime uses of an export's safety net.
+
+    Attributes:
+        envelope: Calibration envelope of the export (None: no drift check -- no INT8 in the export, a schema 1
+            manifest, or a bare ONNX file).
+        policy: When the fallback re-runs an INT8 window (None: no fallback).
+        runner: The higher-precision runner (None: no fallback); the net owns it (:meth:`activate`).
+        note: Why there is no fallback, when there is none (logged at start).
+    """
+
+    envelope: Envelope | None = None
+    policy: FallbackPolicy | None = None
+    runner: Runner | None = None
+    note: str | None = None
+    _strided: Envelope | None = field(default=None, init=False, repr=False)
+
+    @property
+    def fallback(self) -> bool:
+        return self.runner is not None and self.policy is not None
+
+    @property
+    def strided_envelope(self) -> Envelope | None:
+        """The envelope for windows already subsampled by :func:`strided_windows` (stride 1, same rule)."""
+        if self.envelope is not None and self._strided is None:
+            self._strided = self.envelope.replace(stride=1)
+        return self._strided
+
+    def activate(self) -> None:
+        if self.runner is not None:
+            self.runner.activate()
+
+    def deactivate(self) -> None:
+        if self.runner is not None:
+            self.runner.deactivate()
+
+    def __enter__(self) -> SafetyNet:
+        self.activate()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    def describe(self) -> dict[str, Any]:
+        """Primitive summary for the daemon's start line and profiles."""
+        env = self.envelope
+        out: dict[str, Any] = {"drift_check": env is not None}
+        if env is not None:
+            out["drift_threshold"] = env.threshold
+            out["distance_threshold"] = env.stats.threshold if env.stats is not None else None
+        if self.fallback:
+            assert self.runner is not None and self.policy is not None
+            path = getattr(self.runner, "model_path", None)
+            out["fallback"] = {"precision": self.runner.precision, "runner": self.runner.kind,
+                               "artefact": Path(path).name if path else None,
+                               "margin_logit": self.policy.margin_logit, "rerun_drifted": self.policy.rerun_drifted}
+        else:
+            out["fallback"] = None
+            if self.note:
+                out["fallback_note"] = self.note
+        return out
+
+
+def open_safety_net(model: str | Path, runner: Runner, fallback: bool = True, margin: float | None = None,
+                    threads: int | None = None, **trt_options: Any) -> SafetyNet:
+    """The safety net of ``runner`` (built by :func:`~mosaic_edge.edge_runtime.runner.open_runner` from
+    ``model``): the export's envelope and, for an INT8 runner, its fallback (inactive until :meth:`activate`).
+
+    Args:
+        model: What ``runner`` was opened from: an export directory, or an ONNX file (listed in a manifest
+            beside it, or not: then there is no safety net).
+        fallback: False: drift flags only (``--no-fallback``).
+        margin: Logit margin overriding the manifest's policy (and enabling the fallback of an INT8 artefact
+            exported without one).
+        threads / trt_options: For the fallback runner, as ``open_runner`` takes them.
+    """
+    from mosaic_edge.edge_runtime.runner import export_manifest, open_fallback_runner
+
+    if margin is not None and (not np.isfinite(margin) or margin < 0):
+        raise UserError(f"the fallback margin must be a logit distance >= 0, got {margin}")
+    manifest = export_manifest(Path(model))
+    if manifest is None:
+        return SafetyNet(note="no export manifest: no calibration envelope or fallback policy")
+    net = SafetyNet(envelope=manifest.envelope)
+    if runner.precision != "int8":
+        return net
+    if not fallback:
+        net.note = "turned off (--no-fallback)"
+        return net
+    path = getattr(runner, "model_path", None)
+    name = Path(path).name if path is not None else None
+    policy = manifest.fallback_policy(name) if name in manifest.artefacts else None
+    if margin is not None:
+        policy = FallbackPolicy(margin, policy.rerun_drifted if policy else True,
+                                policy.target_agreement if policy else FallbackPolicy(0.0).target_agreement)
+    if policy is None:
+        net.note = f"{name}: the manifest has no fallback policy for it (re-export, or give a margin)"
+        return net
+    fb, why = open_fallback_runner(manifest, runner, threads=threads, **trt_options)
+    if fb is None:
+        net.note = why
+        return net
+    net.policy, net.runner = policy, fb
+    return net
+
+
+# ---- the re-run queue ----------------------------------------------------------------------------------------
+def answering_logits(job: Job, start: int, stop: int) -> np.ndarray:
+    """[stop-start, C] logits of the head that answers each window (fused, or SAR where optical is unusable)."""
+    fused = job.logits[HEAD_OUTPUTS["fused"]][start:stop]
+    heads = job.heads[start:stop]
+    if all(h == "fused" for h in heads):
+        return fused
+    is_fused = np.fromiter((h == "fused" for h in heads), bool, len(heads))
+    return np.where(is_fused[:, None], fused, job.logits[HEAD_OUTPUTS["sar"]][start:stop])
+
+
+class RerunFailed(RuntimeError):
+    """The fallback runner failed on a batch; ``owners`` are the tiles whose windows it held."""
+
+    def __init__(self, owners: list[Any], cause: BaseException):
+        super().__init__(f"fallback inference failed: {type(cause).__name__}: {cause}")
+        self.owners = owners
+
+
+@dataclass(eq=False)
+class _Entry:
+    owner: Any
+    job: Job
+    rows: np.ndarray  # window indices of the job still to re-run
+
+
+class Reruns:
+    """Windows waiting for the fallback runner, re-run in batches (see the module doc).
+
+    Args:
+        net: The safety net (its policy and runner; without a fallback nothing is ever queued).
+        batch: Most windows per fallback batch (capped by the fallback runner's ``max_batch``).
+        max_wait_s: A window waits at most this long for a fuller batch (see :meth:`deadline`).
+        count: Called with ``(counter, amount)`` as windows are checked, flagged and re-run (the daemon's
+            ``Metrics.inc``); the totals are also kept in :attr:`counts`.
+    """
+
+    def __init__(self, net: SafetyNet, batch: int = 8, max_wait_s: float = 0.05,
+                 count: Callable[[str, int], None] | None = None):
+        self.net = net
+        limit = net.runner.max_batch if net.runner is not None else None
+        self.batch = max(1, min(batch, limit or batch))
+        self.max_wait_s = max_wait_s
+        self._count = count
+        self.counts: dict[str, int] = dict.fromkeys(COUNTS, 0)
+        self.seconds = 0.0  # time spent in fallback batches
+        self._pending: deque[_Entry] = deque()
+        self.n_pending = 0
+        self._first: float | None = None
+
+    def _inc(self, name: str, amount: int) -> None:
+        if amount:
+            self.counts[name] += amount
+            if self._count is not None:
+                self._count(name, amount)
+
+    # ---- flagging ------------------------------------------------------------------------------------------
+    def flag(self, owner: Any, job: Job, start: int, stop: int) -> int:
+        """Decide for windows ``start:stop`` of ``job`` (their INT8 outputs stored) which the fallback re-runs;
+        queue them (reasons in ``job.rerun``). Counts drifted windows whether or not there is a fallback.
+
+        Returns:
+            How many windows were queued.
+        """
+        n = stop - start
+        self._inc("windows_checked", n)
+        drifted = job.drift.drifted[start:stop] if job.drift is not None else None
+        if drifted is not None:
+            self._inc("windows_drifted", int(drifted.sum()))
+        if not self.net.fallback:
+            return 0
+        assert self.net.policy is not None and self.net.runner is not None
+        policy = self.net.policy
+        border = needs_fallback(answering_logits(job, start, stop), None, self.net.runner.contract, policy)
+        self._inc("windows_borderline", int(border.sum()))
+        rerun = border | drifted if (drifted is not None and policy.rerun_drifted) else border
+        if not rerun.any():
+            return 0
+        reasons = job.reasons()
+        reasons[start:stop] = border.astype(np.uint8) * RERUN_BORDERLINE
+        if drifted is not None and policy.rerun_drifted:
+            reasons[start:stop] |= drifted.astype(np.uint8) * RERUN_DRIFTED
+        rows = start + np.flatnonzero(rerun)
+        job.rerun_pending += len(rows)
+        self._pending.append(_Entry(owner, job, rows))
+        self.n_pending += len(rows)
+        if self._first is None:
+            self._first = time.perf_counter()
+        return len(rows)
+
+    def deadline(self) -> float | None:
+        """``time.perf_counter()`` by which the oldest queued window must be re-run (None: nothing queued)."""
+        return None if self._first is None else self._first + self.max_wait_s
+
+    def due(self) -> bool:
+        """A full batch is queued, or the oldest window has waited long enough."""
+        deadline = self.deadline()
+        return self.n_pending >= self.batch or (deadline is not None and time.perf_counter() >= deadline)
+
+    def discard(self, owner: Any) -> None:
+        """Drop the queued windows of ``owner`` (its tile failed)."""
+        kept = deque(e for e in self._pending if e.owner is not owner)
+        self.n_pending = sum(len(e.rows) for e in kept)
+        self._pending = kept
+        if not kept:
+            self._first = None
+
+    # ---- running -------------------------------------------------------------------------------------------
+    def _take(self) -> list[_Entry]:
+        """Up to :attr:`batch` queued windows, oldest first (an entry may be split)."""
+        parts, room = [], self.batch
+        while self._pending and room:
+            entry = self._pending[0]
+            if len(entry.rows) <= room:
+                parts.append(self._pending.popleft())
+                room -= len(entry.rows)
+            else:
+                parts.append(_Entry(entry.owner, entry.job, entry.rows[:room]))
+                entry.rows = entry.rows[room:]
+                room = 0
+        self.n_pending -= self.batch - room
+        self._first = None if not self._pending else self._first
+        return parts
+
+    def run_batch(self) -> list[Any]:
+        """Re-run one batch of queued windows and store the answers in their jobs; return the owners touched.
+
+        Raises:
+            RerunFailed: the fallback runner failed (the batch's windows are dropped from the queue).
+        """
+        parts = self._take()
+        if not parts:
+            return []
+        runner = self.net.runner
+        assert runner is not None
+        owners = list(dict.fromkeys(e.owner for e in parts))
+        try:
+            self._run(runner, parts)
+        except Exception as exc:  # noqa: BLE001 - the caller fails these tiles and carries on
+            raise RerunFailed(owners, exc) from exc
+        return owners
+
+    def _run(self, runner: Runner, parts: list[_Entry]) -> None:
+        from mosaic_edge.edge_runtime.pipeline import gather_windows, store_rows
+
+        t0 = time.perf_counter()
+        batch = gather_windows(runner.input_buffers(self.batch), [(e.job, e.rows) for e in parts])
+        out = runner.infer(batch)
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        total = sum(len(e.rows) for e in parts)
+        off = 0
+        for e in parts:
+            k = len(e.rows)
+            store_rows(e.job, e.rows, {name: v[off:off + k] for name, v in out.items()}, runner.precision)
+            e.job.timings_ms["fallback"] = e.job.timings_ms.get("fallback", 0.0) + dt * 1e3 * k / total
+            off += k
+        self._inc("windows_rerun", total)
+        self._inc("fallback_batches", 1)
+
+    def run(self, everything: bool = False) -> Iterator[list[Any]]:
+        """Re-run what is due: full batches, then (``everything``, or the oldest window has waited
+        ``max_wait_s``) the rest; yields each batch's owners (a :class:`RerunFailed` may interrupt)."""
+        while self.n_pending and (everything or self.due()):
+            yield self.run_batch()
+
+    def fraction(self, name: str) -> float:
+        """Share of the checked windows counted under ``name`` (e.g. "windows_rerun")."""
+        checked = self.counts["windows_checked"]
+        return self.counts[name] / checked if checked else 0.0
+
+    def summary(self) -> str:
+        """One line: windows checked, drifted and re-run (and by which precision)."""
+        c = self.counts
+        text = (f"{c['windows_checked']} windows, {c['windows_drifted']} drifted "
+                f"({100 * self.fraction('windows_drifted'):.1f}%)")
+        if self.net.fallback:
+            assert self.net.runner is not None
+            text += (f", {c['windows_rerun']} re-run with {self.net.runner.precision} "
+                     f"({100 * self.fraction('windows_rerun'):.1f}%; {c['windows_borderline']} borderline) "
+                     f"in {c['fallback_batches']} batches")
+        elif self.net.note:
+            text += f"; fallback: {self.net.note}"
+        return text
