@@ -36,12 +36,13 @@ import numpy as np
 
 from mosaic_edge import patching
 from mosaic_edge.contract import Contract
+from mosaic_edge.data.preprocess import stack_bands
 from mosaic_edge.data.tiff import GeoInfo
 from mosaic_edge.edge_runtime import postprocess
 from mosaic_edge.edge_runtime.runner import Runner
 from mosaic_edge.edge_runtime.safety import Reruns, SafetyNet, check_windows, strided_windows
 from mosaic_edge.edge_runtime.tiles import PreparedTile, prepare_tile
-from mosaic_edge.envelope import DriftCheck
+from mosaic_edge.envelope import DriftCheck, sample
 from mosaic_edge.errors import DataError
 from mosaic_edge.tile_format import Tile, TileFiles, TileLimits, decode, read_files
 
@@ -184,31 +185,38 @@ def batch_inputs(runner: Runner, rows: int, parts: Sequence[tuple[Job, int, int]
 def drift(job: Job, prepared: PreparedTile, tile: Tile, contract: Contract, net: SafetyNet) -> None:
     """Drift check of every window of ``job`` against ``net.envelope`` (raw units), kept in ``job.drift``.
 
-    Raw-input artefacts: the windows cut for the runner already hold raw values (the check subsamples them);
-    a scene cut batch by batch, and standardised artefacts (whose host arrays are standardised), are subsampled
+    Raw-input artefacts: the windows cut for the runner already hold raw values (the check samples them); a
+    scene cut batch by batch, and standardised artefacts (whose host arrays are standardised), are sampled
     straight from the whole tile's raw arrays, non-finite values as the runtime's preparation replaces them.
     """
     env = net.envelope
     if env is None:
         return
-    optical_usable = prepared.optical_usable
+    ns, step = env.n_sar, env.stride
+    usable = prepared.optical_usable and (prepared.optical is not None)
     if contract.input_form == "raw" and job.inputs is not None:
-        job.drift = check_windows(env, job.inputs["sar"], job.inputs["optical"] if optical_usable else None,
-                                  job.heads)
-        job.drift_bands = env.bands
-        return
-    strided = net.strided_envelope
-    assert strided is not None
-    if contract.input_form == "raw":
-        sar, optical = prepared.sar, prepared.optical
-    else:  # the tile as read: per-band dicts or stacked arrays, in physical units
-        sar = [tile.sar[b] for b in contract.sar_bands] if isinstance(tile.sar, dict) else tile.sar
-        optical = ([tile.optical[b] for b in contract.optical_bands] if isinstance(tile.optical, dict)
-                   else tile.optical)
-    s = strided_windows(sar, job.windows, env.stride, contract.sar_mean)
-    o = (strided_windows(optical, job.windows, env.stride, contract.optical_mean)
-         if optical is not None and optical_usable else None)
-    job.drift = check_windows(strided, s, o, job.heads)
+        x = sample(job.inputs["sar"], job.inputs["optical"] if usable else None, step)
+    else:
+        fills: tuple[tuple[float, ...] | None, tuple[float, ...] | None]
+        if contract.input_form == "raw":  # already filled by prepare
+            sar, optical, fills = prepared.sar, prepared.optical, (None, None)
+        else:  # the tile as read, in physical units (per-band files resampled onto the 10 m grid as prepare did)
+            size = prepared.shape
+            sar = (stack_bands(tile.sar, contract.sar_bands, size, "sar") if isinstance(tile.sar, dict)
+                   else tile.sar)
+            optical = (stack_bands(tile.optical, contract.optical_bands, size, "optical")
+                       if isinstance(tile.optical, dict) else tile.optical)
+            fills = (contract.sar_mean, contract.optical_mean)
+        p = -(-contract.patch_size // step)
+        x = np.empty((job.n, len(env.bands) if usable else ns, p, p), np.float32)
+        strided_windows(sar, job.windows, step, x[:, :ns], fills[0])
+        if usable:
+            assert optical is not None
+            strided_windows(optical, job.windows, step, x[:, ns:], fills[1])
+        x = x.reshape(job.n, x.shape[1], p * p)
+    inv = job.optical_invalid  # per window: a no-data pixel is an invalid one
+    fused_inv = inv if "sar" not in job.heads else inv[[h == "fused" for h in job.heads]]
+    job.drift = check_windows(env, x, job.heads, nodata_free=not fused_inv.any())
     job.drift_bands = env.bands
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,29 +50,34 @@ def _merge(n: int, parts: Sequence[tuple[np.ndarray, DriftCheck]], bands: int) -
     return DriftCheck(per_band, combined, distance, drifted)
 
 
-def check_windows(envelope: Envelope, sar: np.ndarray, optical: np.ndarray | None,
-                  heads: Sequence[str]) -> DriftCheck:
-    """Drift check of raw windows; windows answered by the SAR head are judged on their SAR bands alone (their
-    optical data is unusable, and the SAR head never sees it).
+def check_windows(envelope: Envelope, x: np.ndarray, heads: Sequence[str], nodata_free: bool = False
+                  ) -> DriftCheck:
+    """Drift check of sampled raw windows; windows answered by the SAR head are judged on their SAR bands alone
+    (their optical data is unusable, and the SAR head never sees it).
 
     Args:
-        envelope: The calibration envelope (its ``stride`` subsamples the windows).
-        sar / optical: [n, 2, P, P] / [n, 12, P, P] raw windows (optical None: no optical at all).
+        envelope: The calibration envelope.
+        x: float32 [n, B, m]: the envelope's sample of every band of each window (SAR then optical;
+            :func:`mosaic_edge.envelope.sample`, :func:`strided_windows`), or [n, n_sar, m] without optical.
         heads: Per window, "fused" or "sar".
+        nodata_free: No window answered by the fused head holds an L2A no-data pixel (the runtime knows from
+            preparing the tile), so the sample need not be searched for them.
     """
+    ns = envelope.n_sar
+    if x.shape[1] == ns or "fused" not in heads:
+        return envelope.check_sample(x[:, :ns])
+    valid = None if nodata_free else np.asarray(x[:, ns:].any(axis=1))  # L2A no-data: 0 in every band
+    if "sar" not in heads:
+        return envelope.check_sample(x, valid)
     fused = np.fromiter((h == "fused" for h in heads), bool, len(heads))
-    if optical is None or not fused.any():
-        return envelope.check(sar, None)
-    if fused.all():
-        return envelope.check(sar, optical)
     sar_only = ~fused
-    return _merge(len(heads), [(fused, envelope.check(sar[fused], optical[fused])),
-                               (sar_only, envelope.check(sar[sar_only], None))], len(envelope.bands))
+    return _merge(len(heads), [(fused, envelope.check_sample(x[fused], None if valid is None else valid[fused])),
+                               (sar_only, envelope.check_sample(x[sar_only, :ns]))], len(envelope.bands))
 
 
 def strided_windows(bands: np.ndarray | Sequence[np.ndarray], wins: Sequence[Window], step: int,
-                    fill: Sequence[float] | None = None) -> np.ndarray:
-    """Every ``step``-th row and column of each window of a whole tile, as float32 [n, B, p, p].
+                    out: np.ndarray, fill: Sequence[float] | None = None) -> np.ndarray:
+    """Every ``step``-th row and column of each window of a whole tile, into float32 ``out`` [n, B, p, p].
 
     The same values as ``cut(...)[:, :, ::step, ::step]`` without cutting the windows: when every window starts
     on the ``step`` grid (the usual case), the tile is subsampled once and the small windows are taken from it.
@@ -81,24 +86,34 @@ def strided_windows(bands: np.ndarray | Sequence[np.ndarray], wins: Sequence[Win
         bands: [B, H, W] array, or one [H, W] array per band.
         wins: Windows of the tile.
         step: The envelope's stride.
+        out: Where the samples go (``p = ceil(patch / step)``).
         fill: Per band value replacing non-finite values (the band mean, as the runtime's preparation does);
-            None leaves them.
+            None: the bands hold none.
     """
-    p = -(-wins[0].height // step)
-    out = np.empty((len(wins), len(bands), p, p), np.float32)
-    if all(w.row % step == 0 and w.col % step == 0 for w in wins):
+    n, b, p = out.shape[0], out.shape[1], out.shape[-1]
+    rows, cols = sorted({w.row for w in wins}), sorted({w.col for w in wins})
+    grid_windows = len(rows) * len(cols) == n and [(w.row, w.col) for w in wins] == [
+        (r, c) for r in rows for c in cols]
+    if grid_windows and all(r % step == 0 for r in rows) and all(c % step == 0 for c in cols):
+        # the tile's sample (a view), the rows and columns of every window (no gather when the windows tile
+        # the sample, as a scene's do), moved into place in one copy
         grid = (bands[:, ::step, ::step] if isinstance(bands, np.ndarray)
-                else np.stack([b[::step, ::step] for b in bands]))
-        for k, w in enumerate(wins):
-            r, c = w.row // step, w.col // step
-            out[k] = grid[:, r:r + p, c:c + p]
+                else np.stack([band[::step, ::step] for band in bands]))
+        r_idx = ((np.asarray(rows) // step)[:, None] + np.arange(p)).ravel()
+        c_idx = ((np.asarray(cols) // step)[:, None] + np.arange(p)).ravel()
+        if not np.array_equal(r_idx, np.arange(len(r_idx))):
+            grid = grid[:, r_idx]
+        if not np.array_equal(c_idx, np.arange(len(c_idx))):
+            grid = grid[:, :, c_idx]
+        picked = grid[:, :len(r_idx), :len(c_idx)].reshape(b, len(rows), p, len(cols), p)
+        np.copyto(out.reshape(len(rows), len(cols), b, p, p), picked.transpose(1, 3, 0, 2, 4), casting="unsafe")
     else:
         for k, w in enumerate(wins):
             for j, band in enumerate(bands):
                 out[k, j] = band[w.row:w.row + w.height:step, w.col:w.col + w.width:step]
     if fill is not None and not np.isfinite(out).all():
         value = np.asarray(fill, np.float32)[None, :, None, None]
-        out = np.where(np.isfinite(out), out, value).astype(np.float32)
+        np.copyto(out, np.broadcast_to(value, out.shape), where=~np.isfinite(out))
     return out
 
 
@@ -119,18 +134,10 @@ class SafetyNet:
     policy: FallbackPolicy | None = None
     runner: Runner | None = None
     note: str | None = None
-    _strided: Envelope | None = field(default=None, init=False, repr=False)
 
     @property
     def fallback(self) -> bool:
         return self.runner is not None and self.policy is not None
-
-    @property
-    def strided_envelope(self) -> Envelope | None:
-        """The envelope for windows already subsampled by :func:`strided_windows` (stride 1, same rule)."""
-        if self.envelope is not None and self._strided is None:
-            self._strided = self.envelope.replace(stride=1)
-        return self._strided
 
     def activate(self) -> None:
         if self.runner is not None:

@@ -16,7 +16,7 @@ from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
 from mosaic_edge.edge_runtime.postprocess import SafetyFields, encode_tile, tile_records, to_jsonl
 from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner, open_runner
 from mosaic_edge.edge_runtime.safety import Reruns, SafetyNet, check_windows, open_safety_net
-from mosaic_edge.envelope import DriftCheck
+from mosaic_edge.envelope import DriftCheck, sample
 from mosaic_edge.fallback import FallbackPolicy, threshold_logits
 from mosaic_edge.manifest import Manifest
 from mosaic_edge.patching import cut
@@ -61,12 +61,13 @@ def _decisions(records: dict, classes) -> np.ndarray:
 
 
 # ---- drift ---------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("stride", [None, 12])  # windows on the subsample grid, and off it
-def test_drift_is_the_same_on_every_path(safety_export, contract, tmp_path, stride):
+@pytest.mark.parametrize("size, stride", [((40, 44), None), ((40, 44), 12), ((32, 48), None)])
+def test_drift_is_the_same_on_every_path(safety_export, contract, tmp_path, size, stride):
     """Cut raw windows, a scene cut batch by batch, and a standardised artefact's raw tile: one answer, equal to
-    the envelope's check of the raw windows as the runtime prepares them (NaN -> band mean, no-data kept)."""
+    the envelope's check of the raw windows as the runtime prepares them (NaN -> band mean, no-data kept).
+    Windows overlapping on the subsample grid, off it (stride 12), and tiling it exactly (32 x 48)."""
     net = SafetyNet(envelope=Manifest.load(safety_export).envelope)
-    sar, opt = raw_tile(40, 44, 3)
+    sar, opt = raw_tile(*size, 3)
     sar[1, 5, 8] = np.nan
     opt[:, 12, 4] = 0  # an L2A no-data pixel
     opt[:, 20:, :] = (opt[:, 20:, :] * 3).astype(np.uint16)  # part of the tile out of range
@@ -89,15 +90,39 @@ def test_drift_is_the_same_on_every_path(safety_export, contract, tmp_path, stri
             np.testing.assert_allclose(getattr(got, field), getattr(ref, field), rtol=1e-6, err_msg=str(key))
 
 
+def test_drift_of_a_bigearthnet_folder_is_the_same_for_both_input_forms(safety_export, contract, tmp_path,
+                                                                       benv2_root):
+    """Per-band files at 10/20/60 m: a standardised artefact's check resamples them as prepare does."""
+    from tests.support.runtime import copy_benv2_tile
+
+    net = SafetyNet(envelope=Manifest.load(safety_export).envelope)
+    path = copy_benv2_tile(benv2_root, 2, tmp_path / "real")
+    checks = []
+    for form in ("raw", "standardised"):
+        c = contract.replace(input_form=form)
+        _files, tile = pipeline.read(path, "real")
+        prepared = pipeline.prepare(tile, c)
+        job = pipeline.cut(prepared, c, path.name, "x")
+        pipeline.drift(job, prepared, tile, c, net)
+        checks.append(job.drift)
+    assert job.n > 1
+    for field in ("per_band", "combined", "distance", "drifted"):
+        np.testing.assert_allclose(getattr(checks[0], field), getattr(checks[1], field), rtol=1e-6)
+
+
 def test_windows_answered_by_the_sar_head_are_judged_on_sar_alone(safety_export):
     env = Manifest.load(safety_export).envelope
     sar, opt = raw_tile(16, 16, 1)
     sars = np.stack([sar, sar])
     bad = np.stack([opt, opt * 5]).astype(np.float32)  # window 1's optical is far out of range
-    mixed = check_windows(env, sars, bad, ["fused", "sar"])
+    bad[0, :, 3, 4] = 0  # and window 0 has a no-data pixel
+    x = sample(sars, bad, env.stride)
+    mixed = check_windows(env, x, ["fused", "sar"])
     assert not mixed.drifted[1]  # its optical is never looked at: the SAR head answers it
     np.testing.assert_allclose(mixed.combined[1], env.check(sars[1:], None).combined[0])
-    assert check_windows(env, sars, bad, ["fused", "fused"]).drifted[1]
+    np.testing.assert_allclose(mixed.per_band[0], env.check(sars[:1], bad[:1]).per_band[0])
+    assert check_windows(env, x, ["fused", "fused"]).drifted[1]
+    assert check_windows(env, x, ["sar", "sar"]).per_band[:, 2:].max() == 0
 
 
 def test_records_carry_the_drift_flag(safety_export, tmp_path, contract):
