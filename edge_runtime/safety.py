@@ -202,6 +202,11 @@ def open_safety_net(model: str | Path, runner: Runner, fallback: bool = True, ma
         return net
     path = getattr(runner, "model_path", None)
     name = Path(path).name if path is not None else None
+    art = manifest.artefacts.get(name) if name is not None else None
+    if art is not None and art.precision != "int8" and runner.kind == "trt":
+        # TensorRT 8.6 builds INT8 the legacy way, from model.onnx + calib.cache: the ranges of the Q/DQ
+        # artefact, so its policy
+        name = manifest.artefact_for("tensorrt", "int8").name
     policy = manifest.fallback_policy(name) if name in manifest.artefacts else None
     if margin is not None:
         policy = FallbackPolicy(margin, policy.rerun_drifted if policy else True,
