@@ -14,7 +14,7 @@ caller runs -- and the profiler times -- exactly the same code:
   copy per tile into the runner's :meth:`~Runner.input_buffers`); a large tile, whose windows would take more
   than :data:`PRECUT_MAX_BYTES`, is cut straight into the batch buffers by :func:`fill` instead;
 * :func:`drift`: the INT8 safety net's drift check of every window against the export's calibration envelope,
-  on the raw values the host holds (:mod:`mosaic_edge.edge_runtime.safety`);
+  on the raw values the host holds (:mod:`mosaic_edge.edge_runtime.drift`);
 * :func:`result_files`: the JSON Lines (and GeoJSON) bytes of a finished tile, built once.
 
 After inference, :func:`gather_windows` / :func:`store_rows` move the windows the borderline fallback re-runs
@@ -39,8 +39,9 @@ from mosaic_edge.contract import Contract
 from mosaic_edge.data.preprocess import stack_bands
 from mosaic_edge.data.tiff import GeoInfo
 from mosaic_edge.edge_runtime import postprocess
+from mosaic_edge.edge_runtime.drift import check_windows, strided_windows
 from mosaic_edge.edge_runtime.runner import Runner
-from mosaic_edge.edge_runtime.safety import Reruns, SafetyNet, check_windows, strided_windows
+from mosaic_edge.edge_runtime.safety import Reruns, SafetyNet
 from mosaic_edge.edge_runtime.tiles import PreparedTile, prepare_tile
 from mosaic_edge.envelope import DriftCheck, sample
 from mosaic_edge.errors import DataError

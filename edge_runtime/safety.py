@@ -3,9 +3,8 @@
 Export writes the calibration envelope (:mod:`mosaic_edge.envelope`) and, per INT8 artefact, a fallback policy
 (:mod:`mosaic_edge.fallback`) into the manifest. Here the runtime uses them:
 
-* **drift** (:func:`check_windows`): every window's raw values against the envelope -- on the reader side, from
-  the arrays the host already holds (the cut windows of a raw-input artefact; for a standardised artefact or a
-  scene cut batch by batch, a strided subsample taken straight from the whole tile, never a copy of it);
+* **drift** (:mod:`mosaic_edge.edge_runtime.drift`): every window's raw values against the envelope, on the
+  reader side;
 * **fallback** (:class:`Reruns`): after the INT8 runner answered a batch, the windows whose answering logit for
   some class lies within the policy's margin of that class's threshold, or that are drifted, wait in a queue
   and are re-run with the higher-precision runner (fp16 TensorRT, fp32 ONNX Runtime) in batches -- up to the
@@ -20,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,10 +27,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mosaic_edge.edge_runtime.postprocess import HEAD_OUTPUTS, RERUN_BORDERLINE, RERUN_DRIFTED
-from mosaic_edge.envelope import DriftCheck, Envelope
+from mosaic_edge.envelope import Envelope
 from mosaic_edge.errors import UserError
 from mosaic_edge.fallback import FallbackPolicy, needs_fallback
-from mosaic_edge.patching import Window
 
 if TYPE_CHECKING:
     from mosaic_edge.edge_runtime.pipeline import Job
@@ -39,82 +37,6 @@ if TYPE_CHECKING:
 
 # Counters (also the daemon's /metrics names, each exposed with ``_total``).
 COUNTS = ("windows_checked", "windows_drifted", "windows_borderline", "windows_rerun", "fallback_batches")
-
-
-# ---- drift ---------------------------------------------------------------------------------------------------
-def _merge(n: int, parts: Sequence[tuple[np.ndarray, DriftCheck]], bands: int) -> DriftCheck:
-    per_band, combined = np.zeros((n, bands)), np.zeros(n)
-    distance, drifted = np.full(n, np.nan), np.zeros(n, bool)
-    for rows, c in parts:
-        per_band[rows], combined[rows], distance[rows], drifted[rows] = c.per_band, c.combined, c.distance, c.drifted
-    return DriftCheck(per_band, combined, distance, drifted)
-
-
-def check_windows(envelope: Envelope, x: np.ndarray, heads: Sequence[str], nodata_free: bool = False
-                  ) -> DriftCheck:
-    """Drift check of sampled raw windows; windows answered by the SAR head are judged on their SAR bands alone
-    (their optical data is unusable, and the SAR head never sees it).
-
-    Args:
-        envelope: The calibration envelope.
-        x: float32 [n, B, m]: the envelope's sample of every band of each window (SAR then optical;
-            :func:`mosaic_edge.envelope.sample`, :func:`strided_windows`), or [n, n_sar, m] without optical.
-        heads: Per window, "fused" or "sar".
-        nodata_free: No window answered by the fused head holds an L2A no-data pixel (the runtime knows from
-            preparing the tile), so the sample need not be searched for them.
-    """
-    ns = envelope.n_sar
-    if x.shape[1] == ns or "fused" not in heads:
-        return envelope.check_sample(x[:, :ns])
-    valid = None if nodata_free else np.asarray(x[:, ns:].any(axis=1))  # L2A no-data: 0 in every band
-    if "sar" not in heads:
-        return envelope.check_sample(x, valid)
-    fused = np.fromiter((h == "fused" for h in heads), bool, len(heads))
-    sar_only = ~fused
-    return _merge(len(heads), [(fused, envelope.check_sample(x[fused], None if valid is None else valid[fused])),
-                               (sar_only, envelope.check_sample(x[sar_only, :ns]))], len(envelope.bands))
-
-
-def strided_windows(bands: np.ndarray | Sequence[np.ndarray], wins: Sequence[Window], step: int,
-                    out: np.ndarray, fill: Sequence[float] | None = None) -> np.ndarray:
-    """Every ``step``-th row and column of each window of a whole tile, into float32 ``out`` [n, B, p, p].
-
-    The same values as ``cut(...)[:, :, ::step, ::step]`` without cutting the windows: when every window starts
-    on the ``step`` grid (the usual case), the tile is subsampled once and the small windows are taken from it.
-
-    Args:
-        bands: [B, H, W] array, or one [H, W] array per band.
-        wins: Windows of the tile.
-        step: The envelope's stride.
-        out: Where the samples go (``p = ceil(patch / step)``).
-        fill: Per band value replacing non-finite values (the band mean, as the runtime's preparation does);
-            None: the bands hold none.
-    """
-    n, b, p = out.shape[0], out.shape[1], out.shape[-1]
-    rows, cols = sorted({w.row for w in wins}), sorted({w.col for w in wins})
-    grid_windows = len(rows) * len(cols) == n and [(w.row, w.col) for w in wins] == [
-        (r, c) for r in rows for c in cols]
-    if grid_windows and all(r % step == 0 for r in rows) and all(c % step == 0 for c in cols):
-        # the tile's sample (a view), the rows and columns of every window (no gather when the windows tile
-        # the sample, as a scene's do), moved into place in one copy
-        grid = (bands[:, ::step, ::step] if isinstance(bands, np.ndarray)
-                else np.stack([band[::step, ::step] for band in bands]))
-        r_idx = ((np.asarray(rows) // step)[:, None] + np.arange(p)).ravel()
-        c_idx = ((np.asarray(cols) // step)[:, None] + np.arange(p)).ravel()
-        if not np.array_equal(r_idx, np.arange(len(r_idx))):
-            grid = grid[:, r_idx]
-        if not np.array_equal(c_idx, np.arange(len(c_idx))):
-            grid = grid[:, :, c_idx]
-        picked = grid[:, :len(r_idx), :len(c_idx)].reshape(b, len(rows), p, len(cols), p)
-        np.copyto(out.reshape(len(rows), len(cols), b, p, p), picked.transpose(1, 3, 0, 2, 4), casting="unsafe")
-    else:
-        for k, w in enumerate(wins):
-            for j, band in enumerate(bands):
-                out[k, j] = band[w.row:w.row + w.height:step, w.col:w.col + w.width:step]
-    if fill is not None and not np.isfinite(out).all():
-        value = np.asarray(fill, np.float32)[None, :, None, None]
-        np.copyto(out, np.broadcast_to(value, out.shape), where=~np.isfinite(out))
-    return out
 
 
 # ---- the net -------------------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ import pytest
 
 from mosaic_edge.edge_runtime import pipeline
 from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
+from mosaic_edge.edge_runtime.drift import check_windows
 from mosaic_edge.edge_runtime.postprocess import SafetyFields, encode_tile, tile_records, to_jsonl
 from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner, open_runner
-from mosaic_edge.edge_runtime.safety import Reruns, SafetyNet, check_windows, open_safety_net
+from mosaic_edge.edge_runtime.safety import Reruns, SafetyNet, open_safety_net
 from mosaic_edge.envelope import DriftCheck, sample
 from mosaic_edge.fallback import FallbackPolicy, threshold_logits
 from mosaic_edge.manifest import Manifest
