@@ -1,12 +1,18 @@
-"""From a data spec to batches of tensors: sources, contract, in-memory cache or streaming loader.
+"""From a data spec to batches of tensors on the training device.
 
-Small datasets (the synthetic benchmark, test fixtures) are preprocessed once with the shared numpy
-preprocessing
-(:class:`~mosaic_edge.data.base.PatchDataset`) and held as tensors, so an epoch costs only the model; large
-ones
-(BigEarthNet v2) stream through a ``DataLoader`` with workers. Both are driven by explicit index batches, so
-the
-data order is a pure function of ``(seed, epoch)`` and a resumed run sees the same batches.
+Three kinds of split, one interface (``len``, ``labelled``, ``labels_known``, ``iter_batches(batches, device)``):
+
+- :class:`TensorSplit`: small datasets (the synthetic benchmark, test fixtures) preprocessed once with the shared
+  numpy preprocessing (:class:`~mosaic_edge.data.base.PatchDataset`) and held as tensors.
+- :class:`StoreSplit`: a :mod:`packed store <mosaic_edge.data.store>`; each batch is one vectorised gather from the
+  memory-mapped arrays (in the loader workers when there are any), travels in raw units through pinned memory
+  and is standardised on the device (:class:`~.normalise.BatchNormaliser`).
+- :class:`StreamingSplit`: a raw BigEarthNet v2 / SEN12MS root too large to cache, read patch by patch through
+  the dataset's reader in ``DataLoader`` workers.
+
+Loaders are built once per split and kept (persistent workers), whatever the number of passes. Batches are
+explicit index lists (:mod:`.sampling`), so the data order is a pure function of ``(seed, epoch)``. Unlabelled
+patches (low-label training) carry all-zero labels from the source on; ``labelled`` says which are which.
 """
 
 from __future__ import annotations
@@ -20,15 +26,22 @@ import numpy as np
 import torch
 
 from mosaic_edge.contract import Contract
-from mosaic_edge.data.base import PatchDataset, PatchSource
-from mosaic_edge.data.sources import SYNTHETIC, DataSpec
+from mosaic_edge.data.base import PatchDataset, PatchSource, labelled_mask
+from mosaic_edge.data.sources import STORE, SYNTHETIC, DataSpec, reader_options
+from mosaic_edge.data.store import StoreSource
+from mosaic_edge.errors import UserError
 from mosaic_edge.train.config import TrainConfig
+from mosaic_edge.train.normalise import BatchNormaliser, uint16_to_int32
+
+Batch = dict[str, torch.Tensor]
 
 
 def data_spec(cfg: TrainConfig) -> DataSpec:
     """The data of a training config as a :class:`DataSpec` (what the checkpoint records)."""
     if cfg.data != SYNTHETIC:
-        return DataSpec(cfg.data)
+        return DataSpec(cfg.data, reader_options(cfg.data, cfg.label_threshold, cfg.split_file))
+    if cfg.label_threshold is not None or cfg.split_file:
+        raise UserError("--label-threshold and --split-file apply to SEN12MS data, not to the synthetic benchmark")
     from mosaic_edge.data.synthetic import SyntheticConfig
 
     synthetic = SyntheticConfig(
@@ -52,10 +65,35 @@ def contract_for_config(cfg: TrainConfig) -> Contract:
     return data_spec(cfg).contract()
 
 
+class _BatchPlan:
+    """The batches of the next pass through a loader: set before each pass, so one ``DataLoader`` with persistent
+    workers serves every epoch and every phase."""
+
+    def __init__(self) -> None:
+        self.batches: list[Any] = []
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _loader_kwargs(num_workers: int, device: torch.device | None) -> dict[str, Any]:
+    pin = device is not None and device.type == "cuda"
+    return {"num_workers": num_workers, "pin_memory": pin, "persistent_workers": num_workers > 0,
+            **({"prefetch_factor": 4} if num_workers > 0 else {})}
+
+
+def _to(batch: Batch, device: torch.device | None) -> Batch:
+    if device is None:
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 @dataclass
 class TensorSplit:
-    """A whole split preprocessed into tensors: sar [N,2,P,P], optical [N,12,P,P], labels [N,C], labelled
-    [N]."""
+    """A whole split preprocessed into tensors: sar [N,2,P,P], optical [N,12,P,P], labels [N,C], labelled [N]."""
 
     sar: torch.Tensor
     optical: torch.Tensor
@@ -65,23 +103,84 @@ class TensorSplit:
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
-    def iter_batches(self, batches: list[torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
+    def iter_batches(self, batches: list[torch.Tensor], device: torch.device | None = None) -> Iterator[Batch]:
         for idx in batches:
-            yield {
-                "sar": self.sar[idx],
-                "optical": self.optical[idx],
-                "labels": self.labels[idx],
-                "labelled": self.labelled[idx],
-            }
+            yield _to({"sar": self.sar[idx], "optical": self.optical[idx], "labels": self.labels[idx],
+                       "labelled": self.labelled[idx]}, device)
+
+
+class _StoreBatches:
+    """Map-style dataset whose items are whole batches: ``ds[indices]`` is one gather from the store (raw units).
+
+    Sent to loader workers without its memory maps (each worker maps the files itself)."""
+
+    def __init__(self, source: StoreSource, labelled: np.ndarray):
+        self.source, self.labelled = source, labelled
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, indices: np.ndarray) -> Batch:
+        idx = np.asarray(indices, dtype=np.int64)
+        raw = self.source.gather(idx)
+        keep = self.labelled[idx]
+        labels = raw["labels"].astype(np.float32) * keep[:, None]  # unlabelled patches: zeros, from the source on
+        return {
+            "sar": torch.from_numpy(raw["sar"]),
+            "optical": torch.from_numpy(raw["optical"].view(np.int16)),  # uint16 bits; see uint16_to_int32
+            "labels": torch.from_numpy(labels),
+            "labelled": torch.from_numpy(keep),
+        }
+
+
+class StoreSplit:
+    """A split of a packed store, read by index batches from the memory maps (see the module docstring)."""
+
+    def __init__(self, source: StoreSource, contract: Contract, labelled: np.ndarray, num_workers: int = 0):
+        self.source, self.contract = source, contract
+        self._ds = _StoreBatches(source, np.asarray(labelled, dtype=bool))
+        self.num_workers = num_workers
+        self._loaders: dict[str, tuple[torch.utils.data.DataLoader[Batch], _BatchPlan]] = {}
+        self._norm: dict[str, BatchNormaliser] = {}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    @property
+    def labelled(self) -> torch.Tensor:
+        return torch.from_numpy(self._ds.labelled)
+
+    def _loader(self, device: torch.device | None) -> tuple[torch.utils.data.DataLoader[Batch], _BatchPlan]:
+        key = str(device)
+        if key not in self._loaders:
+            plan = _BatchPlan()
+            loader: torch.utils.data.DataLoader[Batch] = torch.utils.data.DataLoader(
+                self._ds,  # type: ignore[arg-type]
+                sampler=plan, batch_size=None, **_loader_kwargs(self.num_workers, device),
+            )
+            self._loaders[key] = (loader, plan)
+        return self._loaders[key]
+
+    def iter_batches(self, batches: list[torch.Tensor], device: torch.device | None = None) -> Iterator[Batch]:
+        dev = device or torch.device("cpu")
+        if str(dev) not in self._norm:
+            self._norm[str(dev)] = BatchNormaliser(self.contract, dev)
+        norm = self._norm[str(dev)]
+        loader, plan = self._loader(device)
+        plan.batches = [b.numpy() if isinstance(b, torch.Tensor) else np.asarray(b) for b in batches]
+        for raw in loader:
+            raw = _to(raw, dev)
+            yield {"sar": norm.sar(raw["sar"]), "optical": norm.optical(uint16_to_int32(raw["optical"])),
+                   "labels": raw["labels"], "labelled": raw["labelled"]}
 
 
 class StreamingSplit:
-    """Same interface as :class:`TensorSplit`, reading through a ``DataLoader`` (for datasets too big for
-    RAM)."""
+    """Same interface as :class:`TensorSplit`, reading a raw dataset through a persistent ``DataLoader``."""
 
     def __init__(self, dataset: PatchDataset, num_workers: int):
         self.dataset = dataset
         self.num_workers = num_workers
+        self._loaders: dict[str, tuple[torch.utils.data.DataLoader[Batch], _BatchPlan]] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -91,20 +190,24 @@ class StreamingSplit:
         """Which patches keep their labels (the dataset's seeded mask)."""
         return torch.from_numpy(self.dataset.labelled)
 
-    def iter_batches(self, batches: list[torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
-        # PatchDataset is map-style (len + getitem) without subclassing torch's Dataset: the core never imports
-        # torch, and DataLoader only needs the protocol.
-        loader: torch.utils.data.DataLoader[dict[str, torch.Tensor]] = torch.utils.data.DataLoader(
-            self.dataset,  # type: ignore[arg-type]
-            batch_sampler=[b.tolist() for b in batches],
-            num_workers=self.num_workers,
-            collate_fn=_collate,
-            persistent_workers=False,
-        )
-        yield from loader
+    def iter_batches(self, batches: list[torch.Tensor], device: torch.device | None = None) -> Iterator[Batch]:
+        key = str(device)
+        if key not in self._loaders:
+            plan = _BatchPlan()
+            # PatchDataset is map-style (len + getitem) without subclassing torch's Dataset: the core never imports
+            # torch, and DataLoader only needs the protocol.
+            loader: torch.utils.data.DataLoader[Batch] = torch.utils.data.DataLoader(
+                self.dataset,  # type: ignore[arg-type]
+                batch_sampler=plan, collate_fn=_collate, **_loader_kwargs(self.num_workers, device),
+            )
+            self._loaders[key] = (loader, plan)
+        loader, plan = self._loaders[key]
+        plan.batches = [b.tolist() for b in batches]
+        for b in loader:
+            yield _to(b, device)
 
 
-def _collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+def _collate(samples: list[dict[str, Any]]) -> Batch:
     return {
         "sar": torch.from_numpy(np.stack([s["sar"] for s in samples])),
         "optical": torch.from_numpy(np.stack([s["optical"] for s in samples])),
@@ -113,56 +216,34 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     }
 
 
-def load_split(
-    cfg: TrainConfig, contract: Contract, split: str, label_fraction: float = 1.0
-) -> TensorSplit | StreamingSplit:
-    """Open ``split`` and cache it as tensors when it fits in ``cfg.cache_gb``, else stream it."""
-    source = open_split(cfg, split)
+Split = TensorSplit | StoreSplit | StreamingSplit
+
+
+def load_split(cfg: TrainConfig, contract: Contract, split: str, label_fraction: float = 1.0) -> Split:
+    """Open ``split``: a store split for packed data, else cached as tensors when it fits in ``cfg.cache_gb``,
+    else streamed."""
+    spec = data_spec(cfg)
+    source = spec.open(split)
+    if spec.kind == STORE:
+        assert isinstance(source, StoreSource)
+        if tuple(source.classes) != tuple(contract.classes):
+            raise UserError(f"{cfg.data}: the store's classes differ from the model's")
+        if len(source) == 0:
+            raise UserError(f"split {split!r} of {cfg.data} is empty")
+        return StoreSplit(source, contract, labelled_mask(len(source), label_fraction, cfg.seed), cfg.num_workers)
     ds = PatchDataset(source, contract, label_fraction=label_fraction, seed=cfg.seed)
     bands = len(contract.sar_bands) + len(contract.optical_bands)
     nbytes = len(ds) * bands * contract.patch_size**2 * 4
     if nbytes > cfg.cache_gb * 1e9:
         return StreamingSplit(ds, cfg.num_workers)
     all_idx = torch.arange(len(ds))
-    chunks = all_idx.split(256)
+    chunks = list(all_idx.split(256))
     if cfg.num_workers > 0 and len(ds) > 256:
-        parts = list(StreamingSplit(ds, cfg.num_workers).iter_batches(list(chunks)))
+        parts = list(StreamingSplit(ds, cfg.num_workers).iter_batches(chunks))
     else:
         parts = [_collate([ds[int(i)] for i in c]) for c in chunks] if len(ds) else []
     if not parts:
-        raise ValueError(f"split {split!r} of {cfg.data} is empty")
+        raise UserError(f"split {split!r} of {cfg.data} is empty")
     return TensorSplit(
         **{k: torch.cat([p[k] for p in parts]) for k in ("sar", "optical", "labels", "labelled")}
     )
-
-
-def epoch_batches(
-    n: int,
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    rank: int = 0,
-    world: int = 1,
-    shuffle: bool = True,
-    drop_last: bool = True,
-) -> list[torch.Tensor]:
-    """This rank's index batches for one epoch: a seeded permutation of ``range(n)``, split over ranks.
-
-    ``batch_size`` is the global batch; each rank gets ``batch_size // world`` per step, and every rank gets
-    the same
-    number of steps (the tail that does not fill a global batch is dropped when ``drop_last``).
-    """
-    if shuffle:
-        g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
-        order = torch.randperm(n, generator=g)
-    else:
-        order = torch.arange(n)
-    local = batch_size // world
-    if local < 1:
-        raise ValueError(f"batch size {batch_size} is smaller than the {world} ranks")
-    steps = n // batch_size if drop_last else -(-n // batch_size)
-    out = []
-    for s in range(steps):
-        chunk = order[s * batch_size : (s + 1) * batch_size]
-        out.append(chunk[rank::world] if world > 1 else chunk)
-    return [b for b in out if len(b)]

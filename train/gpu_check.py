@@ -1,7 +1,6 @@
 """GPU check of the training stage: a few hundred AMP training steps on CUDA, reported as samples/s.
 
-``run()`` returns one row per configuration (the lead's GPU check script prints them as a table); without
-CUDA it
+``run()`` returns one row per configuration (``scripts/gpu_check.py`` prints them as a table); without CUDA it
 returns a single row with ``status="skipped"``. Data are random tensors (throughput only; the loss path is the
 real MoSAiC objective with all three terms, two augmented views, grad clipping and the GradScaler when fp16).
 
