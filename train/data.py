@@ -5,12 +5,13 @@ Three kinds of split, one interface (``len``, ``labelled``, ``labels_known``, ``
 - :class:`TensorSplit`: small datasets (the synthetic benchmark, test fixtures) preprocessed once with the shared
   numpy preprocessing (:class:`~mosaic_edge.data.base.PatchDataset`) and held as tensors.
 - :class:`StoreSplit`: a :mod:`packed store <mosaic_edge.data.store>`; each batch is one vectorised gather from the
-  memory-mapped arrays (in the loader workers when there are any), travels in raw units through pinned memory
-  and is standardised on the device (:class:`~.normalise.BatchNormaliser`).
+  memory-mapped arrays (by loader threads when there are any, :mod:`.store_loader`). For a CUDA device it travels
+  in raw units through pinned memory and is standardised on the device (:class:`~.normalise.BatchNormaliser`,
+  bit-identical to the shared preprocessing); on a CPU the shared numpy preprocessing standardises it.
 - :class:`StreamingSplit`: a raw BigEarthNet v2 / SEN12MS root too large to cache, read patch by patch through
   the dataset's reader in ``DataLoader`` workers.
 
-Loaders are built once per split and kept (persistent workers), whatever the number of passes. Batches are
+Loaders are built once per split and kept (persistent workers or threads), whatever the number of passes. Batches are
 explicit index lists (:mod:`.sampling`), so the data order is a pure function of ``(seed, epoch)``. Unlabelled
 patches (low-label training) carry all-zero labels from the source on; ``labelled`` says which are which.
 """
@@ -27,11 +28,13 @@ import torch
 
 from mosaic_edge.contract import Contract
 from mosaic_edge.data.base import PatchDataset, PatchSource, labelled_mask
+from mosaic_edge.data.preprocess import normalise_optical, normalise_sar
 from mosaic_edge.data.sources import STORE, SYNTHETIC, DataSpec, reader_options
 from mosaic_edge.data.store import StoreSource
 from mosaic_edge.errors import UserError
 from mosaic_edge.train.config import TrainConfig
-from mosaic_edge.train.normalise import BatchNormaliser, uint16_to_int32
+from mosaic_edge.train.normalise import BatchNormaliser, uint16_to_float
+from mosaic_edge.train.store_loader import StoreLoader
 
 Batch = dict[str, torch.Tensor]
 
@@ -79,7 +82,7 @@ class _BatchPlan:
         return len(self.batches)
 
 
-def _loader_kwargs(num_workers: int, device: torch.device | None) -> dict[str, Any]:
+def loader_kwargs(num_workers: int, device: torch.device | None) -> dict[str, Any]:
     pin = device is not None and device.type == "cuda"
     return {"num_workers": num_workers, "pin_memory": pin, "persistent_workers": num_workers > 0,
             **({"prefetch_factor": 4} if num_workers > 0 else {})}
@@ -109,38 +112,15 @@ class TensorSplit:
                        "labelled": self.labelled[idx]}, device)
 
 
-class _StoreBatches:
-    """Map-style dataset whose items are whole batches: ``ds[indices]`` is one gather from the store (raw units).
-
-    Sent to loader workers without its memory maps (each worker maps the files itself)."""
-
-    def __init__(self, source: StoreSource, labelled: np.ndarray):
-        self.source, self.labelled = source, labelled
-
-    def __len__(self) -> int:
-        return len(self.source)
-
-    def __getitem__(self, indices: np.ndarray) -> Batch:
-        idx = np.asarray(indices, dtype=np.int64)
-        raw = self.source.gather(idx)
-        keep = self.labelled[idx]
-        labels = raw["labels"].astype(np.float32) * keep[:, None]  # unlabelled patches: zeros, from the source on
-        return {
-            "sar": torch.from_numpy(raw["sar"]),
-            "optical": torch.from_numpy(raw["optical"].view(np.int16)),  # uint16 bits; see uint16_to_int32
-            "labels": torch.from_numpy(labels),
-            "labelled": torch.from_numpy(keep),
-        }
-
-
 class StoreSplit:
-    """A split of a packed store, read by index batches from the memory maps (see the module docstring)."""
+    """A split of a packed store, read by index batches from the memory maps (:class:`~.store_loader.StoreLoader`:
+    ``num_workers`` gathering threads, pinned buffers on CUDA), standardised on the device."""
 
     def __init__(self, source: StoreSource, contract: Contract, labelled: np.ndarray, num_workers: int = 0):
         self.source, self.contract = source, contract
-        self._ds = _StoreBatches(source, np.asarray(labelled, dtype=bool))
+        self._labelled = torch.from_numpy(np.asarray(labelled, dtype=bool))
         self.num_workers = num_workers
-        self._loaders: dict[str, tuple[torch.utils.data.DataLoader[Batch], _BatchPlan]] = {}
+        self._loaders: dict[bool, StoreLoader] = {}
         self._norm: dict[str, BatchNormaliser] = {}
 
     def __len__(self) -> int:
@@ -148,30 +128,34 @@ class StoreSplit:
 
     @property
     def labelled(self) -> torch.Tensor:
-        return torch.from_numpy(self._ds.labelled)
+        return self._labelled
 
-    def _loader(self, device: torch.device | None) -> tuple[torch.utils.data.DataLoader[Batch], _BatchPlan]:
-        key = str(device)
-        if key not in self._loaders:
-            plan = _BatchPlan()
-            loader: torch.utils.data.DataLoader[Batch] = torch.utils.data.DataLoader(
-                self._ds,  # type: ignore[arg-type]
-                sampler=plan, batch_size=None, **_loader_kwargs(self.num_workers, device),
-            )
-            self._loaders[key] = (loader, plan)
-        return self._loaders[key]
+    def loader(self, pin: bool) -> StoreLoader:
+        """The split's loader (built once, threads kept), with pinned buffers or not."""
+        if pin not in self._loaders:
+            self._loaders[pin] = StoreLoader(self.source, self.num_workers, pin)
+        return self._loaders[pin]
 
     def iter_batches(self, batches: list[torch.Tensor], device: torch.device | None = None) -> Iterator[Batch]:
         dev = device or torch.device("cpu")
-        if str(dev) not in self._norm:
+        cuda = dev.type == "cuda"
+        if cuda and str(dev) not in self._norm:
             self._norm[str(dev)] = BatchNormaliser(self.contract, dev)
-        norm = self._norm[str(dev)]
-        loader, plan = self._loader(device)
-        plan.batches = [b.numpy() if isinstance(b, torch.Tensor) else np.asarray(b) for b in batches]
-        for raw in loader:
-            raw = _to(raw, dev)
-            yield {"sar": norm.sar(raw["sar"]), "optical": norm.optical(uint16_to_int32(raw["optical"])),
-                   "labels": raw["labels"], "labelled": raw["labelled"]}
+        for raw, idx, slot in self.loader(pin=cuda).batches(batches):
+            keep = self._labelled[idx].to(dev, non_blocking=True)
+            labels = raw["labels"].to(dev, non_blocking=True).to(torch.float32) * keep[:, None]  # unlabelled: 0
+            if cuda:
+                norm = self._norm[str(dev)]
+                sar, optical = raw["sar"].to(dev, non_blocking=True), raw["optical"].to(dev, non_blocking=True)
+                slot.event = torch.cuda.Event()  # the buffer may be refilled once these copies are done
+                slot.event.record()
+                sar, optical = norm.sar(sar), norm.optical(uint16_to_float(optical))
+            else:  # the shared numpy preprocessing, patch by patch (in cache: faster than whole-batch ops on a CPU)
+                c = self.contract
+                sar = torch.from_numpy(np.stack([normalise_sar(x, c)[0] for x in raw["sar"].numpy()]))
+                optical = torch.from_numpy(np.stack([normalise_optical(x.view(np.uint16), c)[0]
+                                                     for x in raw["optical"].numpy()]))
+            yield {"sar": sar, "optical": optical, "labels": labels, "labelled": keep}
 
 
 class StreamingSplit:
@@ -198,7 +182,7 @@ class StreamingSplit:
             # torch, and DataLoader only needs the protocol.
             loader: torch.utils.data.DataLoader[Batch] = torch.utils.data.DataLoader(
                 self.dataset,  # type: ignore[arg-type]
-                batch_sampler=plan, collate_fn=_collate, **_loader_kwargs(self.num_workers, device),
+                batch_sampler=plan, collate_fn=_collate, **loader_kwargs(self.num_workers, device),
             )
             self._loaders[key] = (loader, plan)
         loader, plan = self._loaders[key]

@@ -33,23 +33,25 @@ class BatchNormaliser:
     @staticmethod
     def _standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, lo: float, hi: float,
                      nodata_zero: bool) -> torch.Tensor:
-        x = x.to(torch.float32)
-        invalid = ~torch.isfinite(x)
+        f = x.to(torch.float32, copy=True)
+        invalid = ~torch.isfinite(f) if f.dtype == x.dtype else None  # integers are always finite
         if nodata_zero:
-            invalid = invalid | (x == 0).all(dim=1, keepdim=True)
-        out = (x.clamp(lo, hi) - mean) / std
-        return out.masked_fill(invalid, 0.0)
+            nodata = (f == 0).all(dim=1, keepdim=True)
+            invalid = nodata if invalid is None else invalid | nodata
+        out = f.clamp_(lo, hi).sub_(mean).div_(std)  # in place on the private copy: (clip(x) - mean) / std
+        return out if invalid is None else out.masked_fill_(invalid, 0.0)
 
     def sar(self, x: torch.Tensor) -> torch.Tensor:
         """S1 backscatter [N, 2, H, W] in dB -> standardised float32."""
         return self._standardise(x, self.sar_mean, self.sar_std, *self.sar_range, nodata_zero=False)
 
     def optical(self, x: torch.Tensor) -> torch.Tensor:
-        """S2 reflectance x 1e4 [N, 12, H, W] (any real dtype; uint16 as int16 bits: see :func:`uint16_to_int32`)
+        """S2 reflectance x 1e4 [N, 12, H, W] (any real dtype; uint16 as int16 bits: see :func:`uint16_to_float`)
         -> standardised float32."""
         return self._standardise(x, self.opt_mean, self.opt_std, *self.opt_range, nodata_zero=True)
 
 
-def uint16_to_int32(bits: torch.Tensor) -> torch.Tensor:
-    """Values of uint16 data carried as int16 bits (torch's uint16 support is partial on some devices)."""
-    return bits.to(torch.int32).bitwise_and(0xFFFF)
+def uint16_to_float(bits: torch.Tensor) -> torch.Tensor:
+    """float32 values of uint16 data carried as int16 bits (torch's uint16 support is partial on some devices)."""
+    f = bits.to(torch.float32)
+    return f.add_(65536.0 * (f < 0))

@@ -4,6 +4,7 @@ patches without labels, and a linear probe that embeds only labelled patches."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from mosaic_edge.contract import Contract
 from mosaic_edge.data.base import PatchDataset, RawPatch
 from mosaic_edge.data.pack import pack_dataset
 from mosaic_edge.data.preprocess import preprocess
-from mosaic_edge.data.sources import DataSpec
+from mosaic_edge.data.sources import DataSpec, open_source
 from mosaic_edge.data.synthetic import SyntheticConfig, SyntheticMosaic, synthetic_contract
 from mosaic_edge.train import data as data_mod
 from mosaic_edge.train.config import TrainConfig
@@ -24,7 +25,8 @@ from mosaic_edge.train.evaluate import linear_probe
 from mosaic_edge.train.finetune import finetune
 from mosaic_edge.train.loop import train
 from mosaic_edge.train.models import build_model
-from mosaic_edge.train.normalise import BatchNormaliser, uint16_to_int32
+from mosaic_edge.train.normalise import BatchNormaliser, uint16_to_float
+from mosaic_edge.train.store_loader import StoreLoader
 
 SMALL = SyntheticConfig(n_train=40, n_val=16, n_test=16, patch_size=24, stats_samples=40)
 TINY = dict(arch="tiny", patch_size=24, n_train=40, n_val=16, n_test=16, batch_size=16, crop_size=16,
@@ -49,7 +51,7 @@ def test_batch_normaliser_is_the_shared_preprocessing_bit_for_bit() -> None:
     optical[2, 4, 4, 4] = 0  # a single zero band is data
     norm = BatchNormaliser(contract)
     got_s = norm.sar(torch.from_numpy(sar))
-    got_o = norm.optical(uint16_to_int32(torch.from_numpy(optical.view(np.int16))))
+    got_o = norm.optical(uint16_to_float(torch.from_numpy(optical.view(np.int16))))
     for i in range(5):
         want = preprocess(sar[i], optical[i], contract)
         assert torch.equal(got_s[i], torch.from_numpy(want.sar)), i
@@ -74,27 +76,45 @@ def test_store_split_matches_the_cached_raw_split(store: Path) -> None:
     assert b["labels"][b["labelled"]].sum() > 0
 
 
-def test_train_and_evaluate_on_a_store_with_persistent_loader_workers(store: Path, tmp_path: Path,
+def test_train_and_evaluate_on_a_store_with_persistent_loader_threads(store: Path, tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    built: list[Any] = []
-    real = torch.utils.data.DataLoader
+    built: list[StoreLoader] = []
 
-    class Counting(real):  # type: ignore[misc, valid-type]
+    class Counting(StoreLoader):
         def __init__(self, *a: Any, **kw: Any) -> None:
-            built.append(kw)
             super().__init__(*a, **kw)
+            built.append(self)
 
-    monkeypatch.setattr(torch.utils.data, "DataLoader", Counting)
-    cfg = TrainConfig(**{**TINY, "epochs": 1, "finetune_epochs": 2}, data=str(store), num_workers=1,
+    monkeypatch.setattr(data_mod, "StoreLoader", Counting)
+    cfg = TrainConfig(**{**TINY, "epochs": 2, "finetune_epochs": 2}, data=str(store), num_workers=2,
                       label_fraction=0.5, out=str(tmp_path / "run"))
     res = train(cfg)
     assert 0 < res.metrics["test"]["macro_map"] <= 1
     # one loader per split (train, validation, test), whatever the number of epochs and phases
-    assert len(built) == 3 and all(kw["persistent_workers"] and kw["num_workers"] == 1 for kw in built)
+    assert len(built) == 3 and all(b.workers == 2 and not b.pin for b in built)
     from mosaic_edge.train.evaluate import evaluate_checkpoint
 
     again = evaluate_checkpoint(res.checkpoint)
     assert again["data"] == str(store) and again["macro_map"] == pytest.approx(res.metrics["test"]["macro_map"])
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_store_loader_prefetch_never_hands_out_a_refilled_buffer(store: Path, workers: int) -> None:
+    source = open_source(store, "train")
+    loader = StoreLoader(source, workers)
+    rng = np.random.default_rng(0)
+    batches = [torch.from_numpy(rng.choice(len(source), int(rng.integers(1, 17)), replace=False))
+               for _ in range(25)]
+    got = 0
+    for raw, idx, _ in loader.batches(batches):
+        want = source.gather(idx.numpy())
+        time.sleep(0.002)  # give the threads time to run ahead
+        assert np.array_equal(raw["sar"].numpy(), want["sar"])
+        assert np.array_equal(raw["optical"].numpy().view(np.uint16), want["optical"])
+        assert np.array_equal(raw["labels"].numpy(), want["labels"])
+        got += 1
+    assert got == 25
+    loader.close()
 
 
 def test_finetune_iterates_each_epoch_through_one_loader(monkeypatch: pytest.MonkeyPatch) -> None:
