@@ -96,6 +96,14 @@ def test_train_and_evaluate_on_a_store_with_persistent_loader_threads(store: Pat
 
     again = evaluate_checkpoint(res.checkpoint)
     assert again["data"] == str(store) and again["macro_map"] == pytest.approx(res.metrics["test"]["macro_map"])
+    # export reopens the store the checkpoint records: its test split is the gate set, its train split calibrates
+    pytest.importorskip("onnxruntime")
+    from mosaic_edge.export.pipeline import ExportConfig, run_export
+
+    exp = run_export(res.checkpoint, tmp_path / "export", ExportConfig(
+        int8=True, calib_method="minmax", calib_size=8, eval_limit=16, parity_limit=4, max_map_drop_pts=100.0))
+    assert exp.report["export"]["data"]["data"] == str(store)
+    assert exp.manifest.contract.optical_product == "L2A" and (tmp_path / "export" / "calib.npz").is_file()
 
 
 @pytest.mark.parametrize("workers", [0, 3])
