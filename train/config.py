@@ -64,8 +64,8 @@ class TrainConfig:
                            "(BCE on the heads during pre-training too).")
     label_fraction: float = _opt(1.0, "Fraction of train patches that keep their labels; the others feed only the "
                                  "self-supervised terms.")
-    min_labelled: int = _opt(16, "Labelled patches in every pre-training batch when labels are scarce (0: plain "
-                             "shuffling).")
+    min_labelled: int = _opt(16, "Labelled patches in every pre-training batch when labels are scarce, at most "
+                             "half a batch (0: plain shuffling).")
     label_threshold: float | None = _opt(None, "SEN12MS: area fraction from which a class is a label (default "
                                          "0.1).")
     split_file: tuple[str, ...] = _opt((), "SEN12MS: SPLIT=PATH (a toolbox list, e.g. "
@@ -104,8 +104,8 @@ class TrainConfig:
             raise ValueError("epochs, head_epochs and finetune_epochs must be >= 0 and batch_size >= 2")
         if min(self.lr, self.head_lr, self.finetune_lr) <= 0 or self.temperature <= 0:
             raise ValueError("lr, head_lr, finetune_lr and temperature must be > 0")
-        if not 0 <= self.min_labelled <= self.batch_size:
-            raise ValueError(f"min_labelled must be in [0, batch_size], got {self.min_labelled}")
+        if self.min_labelled < 0:
+            raise ValueError(f"min_labelled must be >= 0, got {self.min_labelled}")
         if self.label_threshold is not None and not 0.0 < self.label_threshold <= 1.0:
             raise ValueError(f"label_threshold must be in (0, 1], got {self.label_threshold}")
         if not isinstance(self.split_file, tuple):  # a list from JSON or the CLI

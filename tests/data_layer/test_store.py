@@ -183,3 +183,23 @@ def test_pack_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit) as exc:
         main(["pack", "synthetic", "--out", str(tmp_path / "u"), "--split-file", "x.csv"])
     assert exc.value.code == 2 and "do not apply to synthetic" in capsys.readouterr().err
+
+
+def test_sen12ms_store_keeps_its_own_statistics_split_and_threshold(tmp_path: Path) -> None:
+    from mosaic_edge.data.sen12ms import SEN12MS, sen12ms_contract
+    from tests.support.sen12ms import write_sen12ms_fixture
+
+    root = write_sen12ms_fixture(tmp_path / "sen", scenes=2, patches=2)
+    holdout = tmp_path / "holdout.txt"
+    holdout.write_text("ROIs1158_spring/s1_2\n")
+    options = {"label_threshold": 0.3, "split_file": [f"test={holdout}"]}
+    out = tmp_path / "store"
+    pack_dataset(DataSpec(str(root), options), out, workers=0)
+    store = PackedStore(out)
+    want = sen12ms_contract(SEN12MS(root, "train", **options))
+    assert store.contract() == want and want.optical_product == "L1C" and want.dataset == "sen12ms"
+    assert store.info["source"]["options"] == options
+    test = store.open("test")
+    assert test.ids == ["ROIs1158_spring_2_p0", "ROIs1158_spring_2_p1"]
+    np.testing.assert_array_equal(test.label_matrix(), np.stack([r.labels for r in (
+        SEN12MS(root, "test", **options).read(i) for i in range(2))]))

@@ -52,7 +52,7 @@ def test_config_validates_and_names_runs() -> None:
     with pytest.raises(ValueError, match="unknown arch 'resnet7'.*resnet18"):
         TrainConfig(arch="resnet7")  # checked against the encoder registry
     with pytest.raises(ValueError):
-        TrainConfig(min_labelled=129)
+        TrainConfig(min_labelled=-1)
     with pytest.raises(ValueError):
         TrainConfig(channels_last="yes")
     a, b = TrainConfig(), TrainConfig(label_fraction=0.1)
@@ -303,3 +303,26 @@ def test_supervised_baseline_sees_one_geometric_view(tmp_path: Path, monkeypatch
     train(cfg)
     steps = cfg.n_train // cfg.batch_size
     assert len(seen) == steps and all(c is GEOMETRIC_AUGMENT for c in seen)
+
+
+def test_sen12ms_split_file_and_threshold_are_recorded_for_evaluate(tmp_path: Path) -> None:
+    from tests.support.sen12ms import write_sen12ms_fixture
+
+    root = write_sen12ms_fixture(tmp_path / "sen", scenes=3, patches=2)
+    csv = tmp_path / "splits.csv"
+    csv.write_text("key,split\n" + "".join(
+        f"ROIs{r}_{s}_{k},{split}\n" for r, s in (("1158", "spring"), ("1868", "summer"))
+        for k, split in ((1, "train"), (2, "validation"), (3, "test"))))
+    cfg = TrainConfig(**{**TINY, "patch_size": 48, "crop_size": 32, "batch_size": 4, "finetune_epochs": 0},
+                      data=str(root), epochs=1, label_threshold=0.2, split_file=(str(csv),), out=str(tmp_path / "r"))
+    with pytest.raises(ValueError):
+        TrainConfig(label_threshold=1.5)
+    res = train(cfg)
+    spec = DataSpec.from_dict(torch.load(res.checkpoint, weights_only=True)["extra"]["data_spec"])
+    assert spec.options == {"label_threshold": 0.2, "split_file": [str(csv.resolve())]}
+    from mosaic_edge.train.evaluate import evaluate_checkpoint
+
+    again = evaluate_checkpoint(res.checkpoint)
+    assert again["n"] == 4 and again["macro_map"] == pytest.approx(res.metrics["test"]["macro_map"])
+    with pytest.raises(UserError, match="apply to SEN12MS data, not to the synthetic"):
+        train(TrainConfig(**TINY, split_file=(str(csv),), out=str(tmp_path / "x")))
