@@ -31,7 +31,7 @@ import numpy as np
 from mosaic_edge.contract import S1_BANDS, S2_BANDS
 from mosaic_edge.data.base import PatchSource, RawPatch
 from mosaic_edge.data.preprocess import stack_bands
-from mosaic_edge.data.sources import STORE, DataSpec
+from mosaic_edge.data.sources import STORE, SYNTHETIC, DataSpec
 from mosaic_edge.data.store import (
     ARRAYS,
     FORMAT,
@@ -247,11 +247,16 @@ def pack_dataset(
         progress: Stream for the progress bar (default stderr).
         on_chunk: Called with every finished chunk marker (tests use it).
 
+    With worker processes (started by ``spawn``) a calling script must guard its entry point with
+    ``if __name__ == "__main__":``, as for any process pool.
+
     Raises:
         UserError: ``out`` holds another pack or another dataset, the disk is too small, or the data is unusable.
     """
     t0 = time.perf_counter()
     out = Path(out)
+    if spec.kind != SYNTHETIC:  # provenance and the workers name the root absolutely
+        spec = DataSpec(str(Path(spec.data).resolve()), spec.options)
     if chunk_size < 1:
         raise UserError(f"chunk size must be >= 1, got {chunk_size}")
     if out.exists() and not out.is_dir():
@@ -276,10 +281,8 @@ def pack_dataset(
     patch_size, num_classes = plan["contract"]["patch_size"], len(plan["contract"]["classes"])
     tasks, done_markers = [], []
     for split, n in plan["splits"].items():
-        folder = out / split
-        (folder / "chunks").mkdir(parents=True, exist_ok=True)
         for k, (a, b) in enumerate(_chunks(n, chunk_size)):
-            marker = folder / "chunks" / f"{k}.json"
+            marker = out / split / "chunks" / f"{k}.json"
             if marker.is_file():
                 done_markers.append({"split": split, "chunk": k, **read_json(marker)})
             else:
@@ -288,15 +291,20 @@ def pack_dataset(
     _check_disk(out, need)
     if not (out / PLAN_JSON).is_file():
         _write_json(out / PLAN_JSON, plan)
+    dtypes: dict[str, np.dtype[Any]] = {"sar": SAR_DTYPE, "optical": OPTICAL_DTYPE, "labels": LABEL_DTYPE}
     for split, n in plan["splits"].items():
         folder = out / split
-        dtypes: dict[str, np.dtype[Any]] = {"sar": SAR_DTYPE, "optical": OPTICAL_DTYPE, "labels": LABEL_DTYPE}
+        (folder / "chunks").mkdir(parents=True, exist_ok=True)
         for name, shape in array_shapes(n, patch_size, num_classes).items():
             path = folder / f"{name}.npy"
-            if not path.is_file():  # a sparse file: blocks are allocated as chunks are written
-                np.lib.format.open_memmap(path, mode="w+", dtype=dtypes[name], shape=shape).flush()
+            if not path.is_file():  # a sparse file (blocks are allocated as chunks are written), created atomically
+                tmp = folder / f".{name}.npy.tmp"
+                np.lib.format.open_memmap(tmp, mode="w+", dtype=dtypes[name], shape=shape).flush()
+                os.replace(tmp, path)
         if not (folder / "ids.txt").is_file():
-            (folder / "ids.txt").write_text("".join(f"{i}\n" for i in ids[split]))
+            tmp = folder / ".ids.txt.tmp"
+            tmp.write_text("".join(f"{i}\n" for i in ids[split]))
+            os.replace(tmp, folder / "ids.txt")
     bar = ProgressBar(sum(b - a for _, _, a, b in tasks), "pack", progress)
     markers = list(done_markers)
     spec_dict = plan["source"]["data"], plan["source"]["options"]

@@ -22,7 +22,7 @@ from mosaic_edge.data.base import PatchDataset
 from mosaic_edge.data.benv2 import benv2_contract
 from mosaic_edge.data.pack import pack_dataset, to_grid
 from mosaic_edge.data.sources import DataSpec, contract_for, detect_kind, open_source
-from mosaic_edge.data.store import PLAN_JSON, STORE_JSON, PackedStore
+from mosaic_edge.data.store import STORE_JSON, PackedStore
 from mosaic_edge.data.synthetic import SyntheticConfig, synthetic_contract
 from mosaic_edge.errors import UserError
 
@@ -115,7 +115,7 @@ def test_disk_space_is_checked_before_anything_is_written(tmp_path: Path, monkey
     monkeypatch.setattr(pack_mod.shutil, "disk_usage", lambda p: usage._replace(free=10_000_000))
     with pytest.raises(UserError, match="not enough disk space"):
         pack_dataset(SMALL_SPEC, tmp_path / "s", workers=0)
-    assert not (tmp_path / "s" / PLAN_JSON).exists() and not list((tmp_path / "s").rglob("*.npy"))
+    assert not any((tmp_path / "s").iterdir())  # nothing written but the (empty) store folder
 
 
 def test_resume_packs_only_missing_chunks_and_refuses_other_data(tmp_path: Path) -> None:
