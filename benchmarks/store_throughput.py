@@ -14,7 +14,9 @@ Each is packed with ``mosaic-edge pack``; then, in interleaved rounds, with one 
 - ``store, DataLoader W processes``: for comparison, the same gathers in DataLoader worker processes (batches come
   back through shared memory), total and per worker.
 
-Medians of the rounds, page cache warm (a first untimed pass reads every file once).
+Each configuration runs pinned to as many CPUs as it has workers (CPU affinity, so "per worker" is per core, also
+for torch's own threads); configurations of one CPU budget alternate in rounds; medians of the rounds; page cache
+warm (a first untimed pass reads every file once).
 
     python benchmarks/store_throughput.py --copies 30 --synthetic 540 --out benchmarks/results/store_throughput.json
 """
@@ -89,6 +91,8 @@ class _GatherDataset:
 
 
 def measure(raw_root: Path, store: Path, rounds: int, batch: int, workers: list[int]) -> dict[str, Any]:
+    """Interleaved rounds per CPU budget: the one-core configurations pinned to CPU 0, then each W-worker one
+    pinned to W CPUs (threads and processes inherit the affinity they are created under)."""
     import torch
 
     from mosaic_edge.data.base import labelled_mask
@@ -96,6 +100,7 @@ def measure(raw_root: Path, store: Path, rounds: int, batch: int, workers: list[
     from mosaic_edge.train.store_loader import StoreLoader
 
     torch.set_num_threads(1)
+    cpus = sorted(os.sched_getaffinity(0))
     contract = contract_for(raw_root)
     raw = PatchDataset(open_source(raw_root, "train"), contract)
     src = open_source(store, "train")
@@ -105,64 +110,66 @@ def measure(raw_root: Path, store: Path, rounds: int, batch: int, workers: list[
     for i in range(len(raw)):  # warm the page cache with every raw file
         raw.source.read(i)
     src.gather(np.arange(n))  # and every page of the store
-    host = StoreSplit(src, contract, labelled_mask(n, 1.0, 0), workers[0])  # CPU training: numpy standardisation
-
-    def raw_pass() -> None:
-        for i in raw_idx:
-            raw[int(i)]
 
     def batches() -> list[torch.Tensor]:
         return [torch.from_numpy(rng.choice(n, batch, replace=False)) for _ in range(max(8, 4096 // batch))]
 
-    loaders = {w: StoreLoader(src, w) for w in workers}
-    dls = {}
-    for w in workers:
-        plan: list[np.ndarray] = []
-        dls[w] = (torch.utils.data.DataLoader(_GatherDataset(src), sampler=plan,  # type: ignore[arg-type]
-                                              batch_size=None, num_workers=w, persistent_workers=True), plan)
+    def raw_pass() -> float:
+        t0 = time.perf_counter()
+        for i in raw_idx:
+            raw[int(i)]
+        return len(raw_idx) / (time.perf_counter() - t0)
 
-    def loader_pass(w: int) -> float:
+    def loader_pass(loader: StoreLoader) -> float:
         bs = batches()
         t0 = time.perf_counter()
-        for _ in loaders[w].batches(bs):
+        for _ in loader.batches(bs):
             pass
         return batch * len(bs) / (time.perf_counter() - t0)
 
-    def host_pass() -> float:
+    def host_pass(split: StoreSplit) -> float:
         bs = batches()[:4]
         t0 = time.perf_counter()
-        for _ in host.iter_batches(bs):
+        for _ in split.iter_batches(bs):
             pass
         return batch * len(bs) / (time.perf_counter() - t0)
 
-    def dataloader_pass(w: int) -> float:
-        dl, plan = dls[w]
+    def dataloader_pass(dl: Any) -> float:
+        loader, plan = dl
         plan[:] = [b.numpy() for b in batches()]
         t0 = time.perf_counter()
-        got = sum(len(b["sar"]) for b in dl)
+        got = sum(len(b["sar"]) for b in loader)
         return got / (time.perf_counter() - t0)
 
-    for w in workers:  # start threads and processes, size the buffers
-        loader_pass(w)
-        dataloader_pass(w)
-    host_pass()
+    def dataloader(w: int) -> Any:
+        plan: list[np.ndarray] = []
+        return torch.utils.data.DataLoader(_GatherDataset(src), sampler=plan,  # type: ignore[arg-type]
+                                           batch_size=None, num_workers=w, persistent_workers=True), plan
+
     res: dict[str, list[float]] = {}
-    for _ in range(rounds):  # interleaved
-        res.setdefault("raw", []).append(_rate(raw_pass, len(raw_idx)))
-        for w in workers:
-            res.setdefault(f"store loader, {w} threads", []).append(loader_pass(w))
-        res.setdefault(f"store loader, {workers[0]} threads + host standardisation", []).append(host_pass())
-        for w in workers:
-            res.setdefault(f"store, DataLoader {w} processes", []).append(dataloader_pass(w))
-    for loader in loaders.values():
-        loader.close()
+    for w in workers:
+        os.sched_setaffinity(0, cpus[:w])
+        configs: dict[str, Any] = {
+            f"store loader, {w} threads": (loader_pass, StoreLoader(src, w)),
+            f"store, DataLoader {w} processes": (dataloader_pass, dataloader(w)),
+        }
+        if w == 1:
+            configs = {"raw": (lambda _: raw_pass(), None), **configs,
+                       "store loader, 1 threads + host standardisation": (
+                           host_pass, StoreSplit(src, contract, labelled_mask(n, 1.0, 0), 1))}
+        for fn, obj in configs.values():  # start threads and processes, size the buffers
+            fn(obj)
+        for _ in range(rounds):  # interleaved
+            for name, (fn, obj) in configs.items():
+                res.setdefault(name, []).append(fn(obj))
+    os.sched_setaffinity(0, cpus)
     out: dict[str, Any] = {}
     for k, v in res.items():
         words = k.replace(",", " ").split()
         w = int(words[words.index("threads") - 1]) if "threads" in words else \
             int(words[words.index("processes") - 1]) if "processes" in words else 1
         out[k] = {"median": round(statistics.median(v), 1), "per_worker": round(statistics.median(v) / w, 1),
-                  "rounds": [round(x, 1) for x in v]}
+                  "cpus": w, "rounds": [round(x, 1) for x in v]}
     return out
 
 

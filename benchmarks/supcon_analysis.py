@@ -31,11 +31,12 @@ import torch
 from mosaic_edge.train.augment import AugmentConfig, augment_pair
 from mosaic_edge.train.checkpoint import load_checkpoint
 from mosaic_edge.train.config import TrainConfig
-from mosaic_edge.train.data import epoch_batches, load_split
+from mosaic_edge.train.data import load_split
 from mosaic_edge.train.loop import train
 from mosaic_edge.train.loss_infonce import symmetric_infonce
 from mosaic_edge.train.loss_mlsupcon import jaccard_matrix, multilabel_supcon
 from mosaic_edge.train.loss_ntxent import nt_xent
+from mosaic_edge.train.sampling import epoch_batches
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "default (intra 1, inter 1, sup 1, tau 0.1)": {},

@@ -64,7 +64,7 @@ class TrainConfig:
                            "(BCE on the heads during pre-training too).")
     label_fraction: float = _opt(1.0, "Fraction of train patches that keep their labels; the others feed only the "
                                  "self-supervised terms.")
-    min_labelled: int = _opt(16, "Labelled patches in every pre-training batch when labels are scarce, at most "
+    min_labelled: int = _opt(4, "Labelled patches in every pre-training batch when labels are scarce, at most "
                              "half a batch (0: plain shuffling).")
     label_threshold: float | None = _opt(None, "SEN12MS: area fraction from which a class is a label (default "
                                          "0.1).")

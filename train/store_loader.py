@@ -1,10 +1,11 @@
-"""Batches out of a packed store: gathers into a ring of reusable (pinned) buffers, by threads.
+"""Batches out of a packed store: row copies into a ring of reusable (pinned) buffers, by threads.
 
-A batch of a :mod:`packed store <mosaic_edge.data.store>` is one ``torch.index_select`` per array from the
-memory-mapped files into a preallocated buffer: a single copy out of the page cache, with no decoding, no
-per-patch Python and no allocation. ``index_select`` releases the GIL, so loader *threads* gather batches in
-parallel; worker *processes* (``DataLoader``) would add a second and third copy of every batch through shared
-memory, which costs more than the gather itself (``benchmarks/RESULTS.md``, "Packed store throughput").
+A batch of a :mod:`packed store <mosaic_edge.data.store>` is, per array, one contiguous copy per patch from the
+memory-mapped file into a preallocated buffer: a single copy out of the page cache, in file order, with no
+decoding, no allocation and no per-pixel Python. numpy releases the GIL for these copies and runs them on the
+calling thread only, so loader *threads* gather batches in parallel without oversubscribing the cores; worker
+*processes* (``DataLoader``) would add a second and a third copy of every batch through shared memory, which costs
+more than the gather itself (``benchmarks/RESULTS.md``, "Packed store throughput").
 
 The ring holds ``2 * workers + 2`` buffers of the largest batch. On CUDA they are pinned, the training loop copies
 each batch to the device asynchronously, and a CUDA event recorded after that copy guards the buffer until it is
@@ -59,10 +60,8 @@ class StoreLoader:
 
     def __init__(self, source: StoreSource, workers: int = 0, pin: bool = False):
         arrays = source.arrays()
-        self._rows = torch.from_numpy(np.asarray(source.rows, dtype=np.int64))
-        self._sar = _as_tensor(arrays["sar"])
-        self._optical = _as_tensor(arrays["optical"].view(np.int16))
-        self._labels = _as_tensor(arrays["labels"])
+        self._rows = np.asarray(source.rows, dtype=np.int64)
+        self._arrays = (arrays["sar"], arrays["optical"].view(np.int16), arrays["labels"])
         self.workers, self.pin = workers, pin
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="store-loader") if workers > 0 else None
         self._slots: list[_Slot] = []
@@ -70,20 +69,21 @@ class StoreLoader:
     def _ring(self, batch: int) -> list[_Slot]:
         n = 2 * self.workers + 2
         if len(self._slots) != n or self._slots[0].sar.shape[0] < batch:
-            def empty(a: torch.Tensor) -> torch.Tensor:
-                t = torch.empty((batch, *a.shape[1:]), dtype=a.dtype)
+            def empty(a: np.ndarray) -> torch.Tensor:
+                t = torch.empty((batch, *a.shape[1:]), dtype=_as_tensor(a[:0]).dtype)
                 return t.pin_memory() if self.pin else t
 
-            self._slots = [_Slot(empty(self._sar), empty(self._optical), empty(self._labels)) for _ in range(n)]
+            self._slots = [_Slot(*(empty(a) for a in self._arrays)) for _ in range(n)]
         return self._slots
 
     def _fill(self, slot: _Slot, idx: torch.Tensor) -> tuple[_Slot, torch.Tensor]:
         slot.wait()
-        n = len(idx)
-        rows = self._rows[idx]
-        torch.index_select(self._sar, 0, rows, out=slot.sar[:n])
-        torch.index_select(self._optical, 0, rows, out=slot.optical[:n])
-        torch.index_select(self._labels, 0, rows, out=slot.labels[:n])
+        rows = self._rows[idx.numpy()]
+        outs = (slot.sar.numpy(), slot.optical.numpy(), slot.labels.numpy())
+        for j in np.argsort(rows, kind="stable"):  # file order: sequential reads when the pages are not cached
+            r = rows[j]
+            for out, array in zip(outs, self._arrays, strict=True):
+                out[j] = array[r]
         return slot, idx
 
     def batches(self, batches: list[torch.Tensor]) -> Iterator[tuple[Batch, torch.Tensor, _Slot]]:
