@@ -7,7 +7,7 @@ Methods (same encoder, data, schedule and evaluation; only the phase-1 objective
   classifier);
 - ``simclr``: intra-modality NT-Xent only;
 - ``clip``: inter-modality InfoNCE only;
-- ``mosaic``: intra + inter + multi-label supervised contrast (the default recipe).
+- ``mosaic``: intra + inter + multi-label supervised contrast at the default weights (the default recipe).
 
 Every method gets the same budget: phase 1 = ``epochs`` epochs of its objective (``n_train // batch`` steps each;
 the supervised baseline cycles through its labelled patches to fill them), then two evaluations of that encoder
@@ -52,7 +52,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "supervised": dict(l_intra=0.0, l_inter=0.0, l_sup=0.0, classifier="joint", l_bce=1.0),
     "simclr": dict(l_intra=1.0, l_inter=0.0, l_sup=0.0),
     "clip": dict(l_intra=0.0, l_inter=1.0, l_sup=0.0),
-    "mosaic": dict(l_intra=1.0, l_inter=1.0, l_sup=1.0),
+    "mosaic": {},  # the default objective: intra + inter + multi-label SupCon at the default weights
 }
 LABEL_FREE = ("simclr", "clip")
 

@@ -34,11 +34,12 @@ from mosaic_edge.train.loss_ntxent import nt_xent
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the objective's terms and the shared temperature (validated: weights >= 0, tau > 0)."""
+    """Weights of the objective's terms and the shared temperature (validated: weights >= 0, tau > 0); the
+    defaults are :class:`~.config.TrainConfig`'s."""
 
     l_intra: float = 1.0
     l_inter: float = 1.0
-    l_sup: float = 1.0
+    l_sup: float = 4.0
     l_bce: float = 0.0
     temperature: float = 0.1
 
