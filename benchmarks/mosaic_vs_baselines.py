@@ -7,7 +7,9 @@ Methods (same encoder, data, schedule and evaluation; only the phase-1 objective
   classifier);
 - ``simclr``: intra-modality NT-Xent only;
 - ``clip``: inter-modality InfoNCE only;
-- ``mosaic``: intra + inter + multi-label supervised contrast at the default weights (the default recipe).
+- ``mosaic``: intra + inter + multi-label supervised contrast at the default weights (the default recipe);
+- ``mosaic-lsup4``: the same with the SupCon weight 4 (``benchmarks/RESULTS.md``, "SupCon term during
+  pre-training").
 
 Every method gets the same budget: phase 1 = ``epochs`` epochs of its objective (``n_train // batch`` steps each;
 the supervised baseline cycles through its labelled patches to fill them), then two evaluations of that encoder
@@ -53,6 +55,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "simclr": dict(l_intra=1.0, l_inter=0.0, l_sup=0.0),
     "clip": dict(l_intra=0.0, l_inter=1.0, l_sup=0.0),
     "mosaic": {},  # the default objective: intra + inter + multi-label SupCon at the default weights
+    "mosaic-lsup4": dict(l_sup=4.0),  # the same with the SupCon weight that balances it at full labels
 }
 LABEL_FREE = ("simclr", "clip")
 

@@ -58,8 +58,8 @@ class TrainConfig:
     temperature: float = _opt(0.1, "Temperature of the three contrastive terms.")
     l_intra: float = _opt(1.0, "Weight of intra-modality NT-Xent (S1 + S2).")
     l_inter: float = _opt(1.0, "Weight of inter-modality InfoNCE.")
-    l_sup: float = _opt(4.0, "Weight of the multi-label supervised contrastive loss (4: balances the two "
-                        "intra-modality terms; benchmarks/RESULTS.md, \"SupCon term during pre-training\").")
+    l_sup: float = _opt(1.0, "Weight of the multi-label supervised contrastive loss (4 suits fully labelled data: "
+                        "benchmarks/RESULTS.md, \"SupCon term during pre-training\").")
     l_bce: float = _opt(1.0, "Weight of the classifiers' BCE in phase 1 when --classifier joint.")
     classifier: str = _opt("two-phase", "two-phase (contrastive only, then heads on frozen features) or joint "
                            "(BCE on the heads during pre-training too).")

@@ -39,7 +39,7 @@ class LossWeights:
 
     l_intra: float = 1.0
     l_inter: float = 1.0
-    l_sup: float = 4.0
+    l_sup: float = 1.0
     l_bce: float = 0.0
     temperature: float = 0.1
 
