@@ -204,8 +204,8 @@ Split = TensorSplit | StoreSplit | StreamingSplit
 
 
 def load_split(cfg: TrainConfig, contract: Contract, split: str, label_fraction: float = 1.0) -> Split:
-    """Open ``split``: a store split for packed data, else cached as tensors when it fits in ``cfg.cache_gb``,
-    else streamed."""
+    """Open ``split``: a :class:`StoreSplit` for packed data; raw data cached as tensors when it fits in
+    ``cfg.cache_gb``, streamed otherwise."""
     spec = data_spec(cfg)
     source = spec.open(split)
     if spec.kind == STORE:

@@ -74,8 +74,10 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` [n, ...] from all ranks in rank order (equal n per rank), differentiably; identity with
-    one rank."""
+    """Concatenate ``x`` [n, ...] from all ranks in rank order (equal n per rank), keeping gradients.
+
+    The identity without a process group or with one rank.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     return _GatherWithGrad.apply(x)

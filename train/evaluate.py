@@ -33,8 +33,7 @@ def predict_split(
     batch_size: int = 256,
     indices: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Features, outputs and labels of the patches of a loaded split (all, or ``indices``), in eval mode without
-    augmentation."""
+    """Features, outputs and labels of a loaded split's patches (all, or ``indices``); eval mode, no augmentation."""
     batches = epoch_batches(len(split), batch_size, 0, 0, shuffle=False, drop_last=False)
     if indices is not None:
         batches = list(indices.split(batch_size))
@@ -171,8 +170,7 @@ def tune_and_test(
 def evaluate_checkpoint(
     checkpoint: str | Path, data: str | None = None, split: str = "test", device: str = "cpu"
 ) -> dict[str, Any]:
-    """Load a checkpoint, run it on ``split`` of ``data`` (default: the data it was trained on), return
-    metrics."""
+    """Metrics of a checkpoint on ``split`` of ``data`` (default: the data it was trained on)."""
     from mosaic_edge.train.checkpoint import load_checkpoint, read_checkpoint
 
     extra = read_checkpoint(checkpoint).get("extra", {})

@@ -79,8 +79,7 @@ def config_from_options(options: dict[str, Any]) -> TrainConfig:
 
 @_with_config_options
 def train_cmd(resume: bool = False, **options: Any) -> None:
-    """Train MoSAiC (contrastive pre-training, multi-label heads, fine-tune); write model.pt, contract, metrics,
-    curves."""
+    """Train MoSAiC (contrastive pre-training, heads, fine-tune); write model.pt, contract, metrics, curves."""
     from mosaic_edge.train.loop import train
 
     cfg = config_from_options(options)

@@ -28,8 +28,11 @@ READER_OPTIONS: dict[str, tuple[str, ...]] = {
 
 
 def detect_kind(data: str | Path) -> str:
-    """``"synthetic"``, ``"store"``, ``"benv2"`` or ``"sen12ms"`` for a data argument; :class:`UserError`
-    otherwise."""
+    """The kind of a data argument: ``"synthetic"``, ``"store"``, ``"benv2"`` or ``"sen12ms"``.
+
+    Raises:
+        UserError: none of them.
+    """
     from mosaic_edge.data.store import is_store
 
     if str(data) == SYNTHETIC:
