@@ -12,7 +12,10 @@ Each is packed with ``mosaic-edge pack``; then, in interleaved rounds, with one 
 - ``store loader, 1 threads + host standardisation``: the same plus the shared numpy standardisation of every
   patch on this CPU (:class:`~mosaic_edge.train.data.StoreSplit` on a CPU device), i.e. training on a CPU;
 - ``store, DataLoader W processes``: for comparison, the same gathers in DataLoader worker processes (batches come
-  back through shared memory), total and per worker.
+  back through shared memory), total and per worker;
+- alternatives to the loader's choices, one core: numpy fancy indexing and ``torch.index_select`` instead of row
+  copies, and the torch batch standardisation (:class:`~mosaic_edge.train.normalise.BatchNormaliser`) instead of the
+  numpy one on a CPU.
 
 Each configuration runs pinned to as many CPUs as it has workers (CPU affinity, so "per worker" is per core, also
 for torch's own threads); configurations of one CPU budget alternate in rounds; medians of the rounds; page cache
@@ -141,6 +144,44 @@ def measure(raw_root: Path, store: Path, rounds: int, batch: int, workers: list[
         got = sum(len(b["sar"]) for b in loader)
         return got / (time.perf_counter() - t0)
 
+    arrays = src.arrays()
+    bufs = (np.empty((batch, *arrays["sar"].shape[1:]), np.float32),
+            np.empty((batch, *arrays["optical"].shape[1:]), np.uint16))
+
+    def fancy_pass(_: Any) -> float:  # numpy advanced indexing: one vectorised gather per array, new arrays
+        bs = batches()
+        t0 = time.perf_counter()
+        for b in bs:
+            rows = np.sort(b.numpy())
+            arrays["sar"][rows], arrays["optical"][rows]  # noqa: B018 - the gather is what is timed
+        return batch * len(bs) / (time.perf_counter() - t0)
+
+    def index_select_pass(_: Any) -> float:  # torch.index_select into reused buffers (one torch thread)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            ts, to = torch.from_numpy(arrays["sar"]), torch.from_numpy(arrays["optical"].view(np.int16))
+        bs_, bo = torch.from_numpy(bufs[0]), torch.from_numpy(bufs[1].view(np.int16))
+        bs = batches()
+        t0 = time.perf_counter()
+        for b in bs:
+            torch.index_select(ts, 0, b, out=bs_)
+            torch.index_select(to, 0, b, out=bo)
+        return batch * len(bs) / (time.perf_counter() - t0)
+
+    def torch_standardise_pass(_: Any) -> float:  # the device-side BatchNormaliser, run on this CPU
+        from mosaic_edge.train.normalise import BatchNormaliser, uint16_to_float
+
+        norm = BatchNormaliser(contract)
+        bs = batches()[:4]
+        t0 = time.perf_counter()
+        for b in bs:
+            g = src.gather(b.numpy())
+            norm.sar(torch.from_numpy(g["sar"]))
+            norm.optical(uint16_to_float(torch.from_numpy(g["optical"].view(np.int16))))
+        return batch * len(bs) / (time.perf_counter() - t0)
+
     def dataloader(w: int) -> Any:
         plan: list[np.ndarray] = []
         return torch.utils.data.DataLoader(_GatherDataset(src), sampler=plan,  # type: ignore[arg-type]
@@ -156,7 +197,11 @@ def measure(raw_root: Path, store: Path, rounds: int, batch: int, workers: list[
         if w == 1:
             configs = {"raw": (lambda _: raw_pass(), None), **configs,
                        "store loader, 1 threads + host standardisation": (
-                           host_pass, StoreSplit(src, contract, labelled_mask(n, 1.0, 0), 1))}
+                           host_pass, StoreSplit(src, contract, labelled_mask(n, 1.0, 0), 1)),
+                       "gather alternative: numpy fancy indexing": (fancy_pass, None),
+                       "gather alternative: torch.index_select": (index_select_pass, None),
+                       "host standardisation alternative: torch batch ops (BatchNormaliser on the CPU)": (
+                           torch_standardise_pass, None)}
         for fn, obj in configs.values():  # start threads and processes, size the buffers
             fn(obj)
         for _ in range(rounds):  # interleaved
