@@ -146,7 +146,6 @@ def test_resume_packs_only_missing_chunks_and_refuses_other_data(tmp_path: Path)
     assert pack_dataset(SMALL_SPEC, out, workers=0).already_complete
 
 
-@pytest.mark.slow
 def test_pack_survives_kill_9_and_resumes(tmp_path: Path) -> None:
     out = tmp_path / "s"
     cmd = [sys.executable, "-m", "mosaic_edge", "pack", "synthetic", "--out", str(out), "--n-train", "600",
