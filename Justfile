@@ -31,9 +31,10 @@ bench:
     {{venv}}python benchmarks/export_int8_cpu.py
     {{venv}}python benchmarks/runtime_overhead.py
 
-# The one GPU check script (CUDA training steps, cuda-python adapter, CUDA-graph device-time reference).
-gpu-check:
-    {{venv}}python scripts/gpu_check.py
+# The one GPU check script (scripts/gpu_checks: CUDA training steps, both CUDA adapters, CUDA-graph device-time
+# reference, TensorRT fp16 vs INT8 engines from an export). E.g. `just gpu-check --export runs/m1/export`.
+gpu-check *ARGS:
+    {{venv}}python scripts/gpu_check.py {{ARGS}}
 
 # Environment report.
 doctor:

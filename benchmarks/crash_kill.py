@@ -51,7 +51,7 @@ def _count(folder: Path) -> int:
 
 
 def kill_rounds(model: Path, spool: Path, kills: int, rng: random.Random, max_step: int,
-                round_timeout: float = 60.0) -> list[dict]:
+                round_timeout: float = 60.0, max_delay_s: float = 0.005) -> list[dict]:
     """Start and SIGKILL the daemon ``kills`` times; return one dict per round."""
     rounds = []
     for k in range(kills):
@@ -61,7 +61,7 @@ def kill_rounds(model: Path, spool: Path, kills: int, rng: random.Random, max_st
         t0 = time.time()
         while proc.poll() is None and time.time() - t0 < round_timeout:
             if (spool / "done").is_dir() and _count(spool / "done") >= target:
-                time.sleep(rng.uniform(0, 0.03))
+                time.sleep(rng.uniform(0, max_delay_s))
                 break
             time.sleep(0.005)
         killed = proc.poll() is None
@@ -112,8 +112,9 @@ def run(model: Path, spool: Path, tiles: int, kills: int, seed: int = 0, patch: 
     rng = random.Random(seed)
     write_tiles(spool / "incoming", tiles, patch, seed)
     t0 = time.time()
-    # Kill after 1..max_step further tiles: on average the kills use up about half of the tiles.
-    rounds = kill_rounds(model, spool, kills, rng, max_step=max(2, tiles // kills))
+    # Kill after 1..max_step further tiles plus up to 5 ms (a few more tiles: results are committed in groups),
+    # so the kills are spread over the whole spool and all of them happen before it drains.
+    rounds = kill_rounds(model, spool, kills, rng, max_step=max(2, tiles // (2 * kills)))
     final = subprocess.run(serve_cmd(model, spool), capture_output=True, text=True, timeout=600)
     report = audit(spool, tiles)
     report.update({"kills": sum(r["killed"] for r in rounds), "final_exit": final.returncode,
@@ -124,8 +125,8 @@ def run(model: Path, spool: Path, tiles: int, kills: int, seed: int = 0, patch: 
 
 
 def _default_model(workdir: Path) -> Path:
-    sys.path.insert(0, str(REPO / "tests" / "edge_runtime"))
-    from conftest import tiny_contract, write_tiny_onnx  # the test suite's tiny ONNX model
+    sys.path.insert(0, str(REPO))
+    from tests.support.runtime import tiny_contract, write_tiny_onnx  # the test suite's tiny ONNX model
 
     return write_tiny_onnx(workdir / "tiny.onnx", tiny_contract())
 

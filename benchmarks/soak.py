@@ -126,8 +126,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="soak-"))
     model = args.model
     if model is None:
-        sys.path.insert(0, str(REPO / "tests" / "edge_runtime"))
-        from conftest import tiny_contract, write_tiny_onnx
+        sys.path.insert(0, str(REPO))
+        from tests.support.runtime import tiny_contract, write_tiny_onnx
 
         model = write_tiny_onnx(work / "tiny.onnx", tiny_contract(args.patch))
     report = soak(model, work / "spool", args.tiles, args.backlog, args.sample_s, args.warmup, args.patch,

@@ -4,7 +4,10 @@ Two artefacts come from one fp32 ONNX (DESIGN.md "INT8: explicit quantization fi
 
 * ``target="tensorrt"``: symmetric int8 activations (zero point 0 -- TensorRT rejects anything else),
   per-channel symmetric int8 weights, float bias (TensorRT has no int32 DequantizeLinear), built later as a
-  strongly typed network. Q/DQ only on the inputs of Conv/Gemm/MatMul, no op output quantized.
+  strongly typed network. Q/DQ on the inputs of Conv/Gemm/MatMul and on the residual input of every residual
+  Add, no op output quantized; on an fp16 base (fp16 between the Q/DQ pairs, fp16 scales, opset 19, float32
+  model I/O through Casts: :mod:`~mosaic_edge.calibration.trt_qdq`), checked by
+  :mod:`~mosaic_edge.calibration.trt_lint`.
 * ``target="cpu"``: asymmetric uint8 activations and 7-bit weights, Conv outputs quantized so ONNX Runtime
   fuses QLinearConv; the heads' outputs stay float.
 
@@ -20,8 +23,8 @@ Why not ``quantize_static(calibrate_method=Entropy)`` with its defaults: ``quant
 counts to the entropy calibrator, which then uses 128 histogram bins and 128 quantized bins -- the KL search
 has exactly one candidate threshold, the full range, i.e. MinMax. We build the calibrator ourselves with more
 histogram bins than quantized bins so the search has candidates: 512 / 128 give 193 candidate thresholds.
-TensorRT's own calibrator uses 2048 bins, but ORT's search is pure Python: measured on this machine
-(benchmarks/calib_methods.py, tiny model, 30 tensors, 64 patches) 2048 bins took 105 s, 512 bins 20 s.
+TensorRT's own calibrator uses 2048 bins, but ORT's search is pure Python and its cost grows with the bin count
+(benchmarks/calib_methods.py; times in benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from mosaic_edge.calibration.placement import placement_for
+from mosaic_edge.calibration.placement import placement_for, residual_adds
+from mosaic_edge.calibration.trt_qdq import drop_conv_branch_qdq, name_nodes, to_fp16_base
 from mosaic_edge.errors import UserError
 from mosaic_edge.optional import available, require
 
@@ -214,7 +218,8 @@ def _quantize_ort(fp32_onnx: Path, out_onnx: Path, cal: Calibration, target: str
     onnx = require("onnx")
     from onnxruntime.quantization.calibrate import CalibrationMethod, save_tensors_data
 
-    graph = onnx.load(str(fp32_onnx), load_external_data=False).graph
+    model = onnx.load(str(fp32_onnx), load_external_data=False)
+    graph = model.graph
     outputs = {o.name for o in graph.output}
     place = placement_for(
         target,
@@ -226,16 +231,28 @@ def _quantize_ort(fp32_onnx: Path, out_onnx: Path, cal: Calibration, target: str
         "percentile": CalibrationMethod.Percentile,
         "minmax": CalibrationMethod.MinMax,
     }[cal.method]
+    op_types, nodes, residual = list(place.op_types), None, {}
+    if target == "tensorrt":
+        # Only the weighted ops and the residual Adds (ORT quantizes both Add inputs; the Conv branch's pair
+        # goes again below), chosen by node name.
+        residual = residual_adds(name_nodes(model).graph)
+        nodes = [n.name for n in graph.node if n.op_type in place.op_types] + sorted(residual)
+        op_types += ["Add"] if residual else []
     with tempfile.TemporaryDirectory(prefix="mosaic-quant-") as tmp:
         cache = Path(tmp) / "ranges.json"
         # Hand our ranges to quantize_static as its calibration cache: one calibration run, no second pass.
         save_tensors_data(cal.tensors_data, cache)
+        src = fp32_onnx
+        if nodes is not None:
+            src = Path(tmp) / "named.onnx"
+            onnx.save(model, str(src))
         quant.quantize_static(
-            str(fp32_onnx),
+            str(src),
             str(out_onnx),
             calibration_data_reader=None,
             quant_format=quant.QuantFormat.QDQ,
-            op_types_to_quantize=list(place.op_types),
+            op_types_to_quantize=op_types,
+            nodes_to_quantize=nodes,
             per_channel=True,
             reduce_range=place.reduce_range,
             activation_type=getattr(quant.QuantType, place.activation_type),
@@ -244,6 +261,10 @@ def _quantize_ort(fp32_onnx: Path, out_onnx: Path, cal: Calibration, target: str
             extra_options=dict(place.extra),
             calibration_cache_path=str(cache),
         )
+    if residual:
+        quantized = onnx.load(str(out_onnx))
+        drop_conv_branch_qdq(quantized, residual)
+        onnx.save(quantized, str(out_onnx))
 
 
 def _quantize_modelopt(fp32_onnx: Path, out_onnx: Path, calib: Mapping[str, np.ndarray], method: str) -> None:
@@ -256,8 +277,8 @@ def _quantize_modelopt(fp32_onnx: Path, out_onnx: Path, calib: Mapping[str, np.n
         calibration_data={k: np.ascontiguousarray(v, dtype=np.float32) for k, v in calib.items()},
         calibration_method="entropy" if method == "entropy" else "max",
         calibration_eps=["cpu"],
-        # fp32, not ModelOpt's fp16 default: the artefact is also evaluated under ONNX Runtime CPU
-        high_precision_dtype="fp32",
+        # ModelOpt's default: an fp16 base between the Q/DQ pairs (what a strongly typed network runs fast)
+        high_precision_dtype="fp16",
         output_path=str(out_onnx),
     )
 
@@ -317,16 +338,20 @@ def quantize_qdq(
         _quantize_modelopt(fp32_onnx, out_onnx, calib, method)
     else:
         _quantize_ort(fp32_onnx, out_onnx, cal, target)
+    # The quantizer may tie a tensor to a neighbour's range (Conv output -> the following Relu's); the cache
+    # must carry what the Q/DQ model actually uses, so those tensors take the model's scale (read while the
+    # scales are still float32).
+    amax = cal.amax
+    if target == "tensorrt":
+        amax |= {k.removesuffix("_QuantizeLinear_Input"): v for k, v in qdq_activation_amax(out_onnx).items()}
+        if backend == "onnxruntime":  # ModelOpt writes its fp16 base itself
+            onnx = require("onnx")
+            onnx.save(to_fp16_base(onnx.load(str(out_onnx))), str(out_onnx))
     _copy_metadata(
         fp32_onnx,
         out_onnx,
         {"mosaic_edge.quantization": json.dumps({"method": method, "target": target, "backend": backend})},
     )
-    # The quantizer may tie a tensor to a neighbour's range (Conv output -> the following Relu's); the cache
-    # must carry what the Q/DQ model actually uses, so those tensors take the model's scale.
-    amax = cal.amax
-    if target == "tensorrt":
-        amax |= {k.removesuffix("_QuantizeLinear_Input"): v for k, v in qdq_activation_amax(out_onnx).items()}
     return QuantResult(out_onnx, method, target, backend, amax, count_ops(out_onnx, "QuantizeLinear"))
 
 
@@ -352,8 +377,9 @@ def qdq_params(onnx_path: str | Path) -> list[dict[str, Any]]:
     """Scale and zero point of every QuantizeLinear/DequantizeLinear node (for checks and reports).
 
     Returns:
-        One dict per node: ``op``, ``name``, ``input``, ``scale`` (ndarray), ``zero_point`` (ndarray or None),
-        ``axis`` (int or None), ``dtype`` (zero point's numpy dtype name or None).
+        One dict per node: ``op``, ``name``, ``input``, ``source`` (``input`` read back through Cast nodes: the
+        fp16 base quantizes the fp16 Cast of a float32 graph input), ``scale`` (ndarray), ``zero_point``
+        (ndarray or None), ``axis`` (int or None), ``dtype`` (zero point's numpy dtype name or None).
     """
     onnx = require("onnx")
     from onnx import numpy_helper
@@ -363,6 +389,13 @@ def qdq_params(onnx_path: str | Path) -> list[dict[str, Any]]:
     for node in model.graph.node:  # some exporters keep constants as Constant nodes
         if node.op_type == "Constant" and node.attribute:
             inits[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    casts = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Cast"}
+
+    def source(name: str) -> str:
+        while name in casts:
+            name = casts[name]
+        return name
+
     rows = []
     for node in model.graph.node:
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear"):
@@ -374,6 +407,7 @@ def qdq_params(onnx_path: str | Path) -> list[dict[str, Any]]:
                 "op": node.op_type,
                 "name": node.name,
                 "input": node.input[0],
+                "source": source(node.input[0]),
                 "scale": inits.get(node.input[1]),
                 "zero_point": zp,
                 "axis": axis,
@@ -386,7 +420,7 @@ def qdq_params(onnx_path: str | Path) -> list[dict[str, Any]]:
 def qdq_activation_amax(qdq_onnx: str | Path, qmax: int = 127) -> dict[str, float]:
     """Activation amax (scale * ``qmax``) per quantized tensor of a symmetric Q/DQ model (e.g. ModelOpt's)."""
     return {
-        r["input"]: float(np.asarray(r["scale"]).reshape(-1)[0]) * qmax
+        r["source"]: float(np.asarray(r["scale"]).reshape(-1)[0]) * qmax
         for r in qdq_params(qdq_onnx)
         if r["op"] == "QuantizeLinear" and r["scale"] is not None
     }

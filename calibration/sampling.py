@@ -175,3 +175,56 @@ def sample_calibration_set(
         out["id"] = np.asarray([s["id"] for s in samples])
         out["labels"] = np.stack([s["labels"] for s in samples])
     return out
+
+
+@dataclass(frozen=True)
+class SourceDraw:
+    """How many calibration patches one source gave (for report.md / report.json)."""
+
+    source: str
+    available: int
+    drawn: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {"source": self.source, "available": self.available, "drawn": self.drawn}
+
+
+def source_quotas(available: list[int], size: int) -> list[int]:
+    """Split ``size`` across sources as evenly as their sizes allow (a small source's surplus goes to the rest)."""
+    quotas = [0] * len(available)
+    left = size
+    for rank, i in enumerate(sorted(range(len(available)), key=lambda j: available[j])):
+        quotas[i] = min(available[i], left // (len(available) - rank))
+        left -= quotas[i]
+    return quotas
+
+
+def sample_across_sources(
+    sources: list[tuple[str, PatchSource]],
+    contract: Contract,
+    size: int = 256,
+    seed: int = 0,
+    config: SamplingConfig | None = None,
+) -> tuple[dict[str, np.ndarray], list[SourceDraw]]:
+    """A calibration set drawn across several sources: even quotas (:func:`source_quotas`), each source's share
+    drawn by :func:`sample_calibration_set` (stratified by class and band range) with its own seed.
+
+    Args:
+        sources: (name for the report, source) pairs.
+
+    Returns:
+        The set (``sar``, ``optical``, plus ``id`` and ``labels``, as with ``return_ids=True``) and one
+        :class:`SourceDraw` per source.
+    """
+    if size < 1:
+        raise UserError(f"calibration set size must be >= 1, got {size}")
+    if not sources or not any(len(src) for _, src in sources):
+        raise UserError("cannot sample a calibration set from empty sources")
+    quotas = source_quotas([len(src) for _, src in sources], size)
+    parts, draws = [], []
+    for k, ((name, src), quota) in enumerate(zip(sources, quotas, strict=True)):
+        if quota > 0:
+            parts.append(sample_calibration_set(src, contract, quota, seed + 1000 * k, config, return_ids=True))
+        draws.append(SourceDraw(name, len(src), quota))
+    out = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    return out, draws

@@ -17,18 +17,22 @@ moves them. One directory fsync per group, not per tile, keeps a fast model from
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mosaic_edge.edge_runtime import pipeline
 from mosaic_edge.edge_runtime.logs import get_logger
 from mosaic_edge.edge_runtime.metrics_http import Metrics
 from mosaic_edge.edge_runtime.runner import Runner
 from mosaic_edge.edge_runtime.spool import DISK_FULL, Spool
+
+if TYPE_CHECKING:
+    from mosaic_edge.edge_runtime.daemon import InFlight
 
 log = get_logger()
 _CLOSE: Any = object()
@@ -60,7 +64,7 @@ class Committer:
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="result-write")  # threads on demand
 
-    def put(self, jobs: list[pipeline.Job]) -> None:
+    def put(self, jobs: list[InFlight]) -> None:
         """Hand finished jobs over; blocks while ``depth`` batches are already waiting (back-pressure)."""
         self._queue.put(jobs)
 
@@ -76,7 +80,7 @@ class Committer:
         """Thread body: commit groups until :meth:`close`; never raises."""
         closed = False
         while not closed:
-            group: list[pipeline.Job] = []
+            group: list[InFlight] = []
             item = self._queue.get()
             while item is not _CLOSE:
                 group += item
@@ -91,8 +95,8 @@ class Committer:
                 self.commit(group)
             except Exception:  # noqa: BLE001 - the writer must outlive any one group
                 log.exception("commit failed; its inputs stay in incoming/ and are redone")
-                for job in group:
-                    self.release(job.candidate)
+                for item in group:
+                    self.release(item.candidate)
         self._pool.shutdown()
 
     def _write(self, tile_id: str, jsonl: bytes, geojson: bytes | None) -> bool:
@@ -112,44 +116,54 @@ class Committer:
                     return False
                 delay = min(2 * delay, self.retry_max_s)
 
-    def _write_job(self, job: pipeline.Job) -> tuple[pipeline.Job, list[dict[str, Any]], float] | None:
+    def _write_job(self, item: InFlight) -> tuple[InFlight, float] | None:
         """Write one tile's result files; None (tile released, or failed) when that did not happen."""
         t0 = time.perf_counter()
+        job = item.job
         try:
-            records, jsonl, geojson = pipeline.result_files(job, self.runner)
+            jsonl, geojson = pipeline.result_files(job, self.runner)
             if self._write(job.tile_id, jsonl, geojson):
-                return job, records, t0
+                return item, t0
         except Exception as exc:  # noqa: BLE001 - one bad tile must never stop the daemon
             log.exception("writing results failed", extra={"fields": {"tile": job.tile_id}})
             self.fail(job.name, job.tile_id, f"cannot write results: {type(exc).__name__}: {exc}")
-        self.release(job.candidate)
+        self.release(item.candidate)
         return None
 
-    def commit(self, jobs: list[pipeline.Job]) -> None:
+    def _write_all(self, group: list[InFlight]) -> list[tuple[InFlight, float] | None]:
+        # One tile (one in flight: latency) is written on this thread; a group by the pool, whose concurrent
+        # fsyncs share journal commits.
+        if len(group) == 1:
+            return [self._write_job(group[0])]
+        return list(self._pool.map(self._write_job, group))
+
+    def commit(self, group: list[InFlight]) -> None:
         """Write every job's results, fsync ``results/`` once, then move the inputs to ``done/``."""
-        written = [w for w in self._pool.map(self._write_job, jobs) if w is not None]
+        written = [w for w in self._write_all(group) if w is not None]
         if not written:
             return
         try:
             self.spool.sync("results")  # the results are durable from here on: only now may inputs move
         except OSError:
             log.exception("cannot sync results/; inputs stay in incoming/ and are redone")
-            for job, _, _ in written:
-                self.release(job.candidate)
+            for item, _ in written:
+                self.release(item.candidate)
             return
-        for job, records, t0 in written:
+        for item, t0 in written:
+            job = item.job
             try:
-                self.spool.move_done(job.candidate, sync=False)
+                self.spool.move_done(item.candidate, sync=False)
                 self.metrics.observe("write", time.perf_counter() - t0)
                 self.metrics.inc("tiles_done")
-                log.info("tile done", extra={"fields": {
-                    "tile": job.tile_id, "patches": job.n, "heads": sorted(set(job.heads)),
-                    "timings_ms": records[0]["timings_ms"]}})
+                if log.isEnabledFor(logging.INFO):
+                    log.info("tile done", extra={"fields": {
+                        "tile": job.tile_id, "patches": job.n, "heads": sorted(set(job.heads)),
+                        "timings_ms": {k: round(v, 3) for k, v in job.timings_ms.items()}}})
             except Exception as exc:  # noqa: BLE001 - one bad tile must never stop the daemon
                 log.exception("moving tile to done/ failed", extra={"fields": {"tile": job.tile_id}})
                 self.fail(job.name, job.tile_id, f"cannot finish tile: {type(exc).__name__}: {exc}")
             finally:
-                self.release(job.candidate)
+                self.release(item.candidate)
         try:
             self.spool.sync("done", "incoming")
         except OSError:

@@ -1,9 +1,12 @@
 """The spool daemon behind ``mosaic-edge serve``: three threads joined by bounded queues.
 
-* reader: watches ``incoming/`` (inotify via ``inotify_simple`` when importable, else polling), reads and
-  preprocesses ready tiles and queues them (at most ``queue_tiles`` ahead of inference);
+* reader: watches ``incoming/`` (inotify via ``inotify_simple`` when importable, else polling), reads, verifies
+  and prepares ready tiles (:mod:`~mosaic_edge.edge_runtime.pipeline`: one read per file, the SHA-256 from
+  those bytes, whole-tile inputs in the artefact's input form) -- ``readers`` tiles at a time, since decoding
+  and hashing release the GIL -- and queues them (at most ``queue_tiles`` ahead of inference);
 * inference (the thread calling :meth:`Daemon.run`): gathers patches into batches of up to ``batch`` or
-  whatever arrived within ``max_wait_ms`` of the first one, runs the runner, and hands finished tiles on;
+  whatever arrived within ``max_wait_ms`` of the first one, cuts their windows straight into the runner's
+  input buffers, runs the runner, and hands finished tiles on;
 * writer (:class:`~mosaic_edge.edge_runtime.commit.Committer`): writes results atomically, then moves inputs
   to ``done/``, a group of tiles per directory fsync, so inference never waits on the disk.
 
@@ -20,23 +23,46 @@ import signal
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mosaic_edge.edge_runtime import pipeline
 from mosaic_edge.edge_runtime.commit import Committer
 from mosaic_edge.edge_runtime.logs import get_logger
-from mosaic_edge.edge_runtime.metrics_http import Metrics, MetricsServer
-from mosaic_edge.edge_runtime.runner import Runner
-from mosaic_edge.edge_runtime.spool import Candidate, IncomingWatcher, Spool, valid_tile_id
-from mosaic_edge.edge_runtime.tiles import MissingPartnerError, TileLimits, fingerprint
+from mosaic_edge.edge_runtime.metrics_http import Metrics
+from mosaic_edge.edge_runtime.runner import Runner, usable_cores
+from mosaic_edge.edge_runtime.spool import Candidate, IncomingWatcher, Spool, SpoolGone
+from mosaic_edge.edge_runtime.spool_names import escape
+from mosaic_edge.edge_runtime.watchdog import Supervisor
 from mosaic_edge.errors import DataError, UserError
+from mosaic_edge.tile_format import MissingPartnerError, TileLimits, fingerprint
 
 log = get_logger()
 _SENTINEL: Any = object()
+# Exit code when a spool folder vanishes while running: EX_TEMPFAIL, so systemd's Restart=on-failure starts a
+# fresh daemon (exit code 2, a configuration error, is not restarted).
+EXIT_SPOOL_GONE = 75
+
+
+@dataclass(eq=False)  # identity semantics: queue items and dict keys
+class InFlight:
+    """A job on its way through the daemon: the spool entry it came from and its batching state."""
+
+    job: pipeline.Job
+    candidate: Candidate
+    enqueued: float
+    next_index: int = 0  # first window not yet handed to a batch
+    failed: bool = False
+
+    @property
+    def tile_id(self) -> str:
+        return self.job.tile_id
+
+    @property
+    def name(self) -> str:
+        return self.job.name
 
 
 @dataclass(frozen=True)
@@ -58,11 +84,20 @@ class ServeConfig:
     disk_retry_s: float = 1.0
     disk_retry_max_s: float = 30.0
     inotify: bool = True
+    stall_s: float = 300.0  # waiting work without progress for this long: unhealthy (watchdog restart)
+    readers: int | None = None
+
+    @property
+    def reader_threads(self) -> int:
+        """Tiles read at once: ``readers``, or by default half the usable cores (1 to 4)."""
+        return self.readers or max(1, min(4, usable_cores() // 2))
 
     def __post_init__(self) -> None:
         if (self.batch < 1 or self.max_wait_ms < 0 or self.settle_s < 0 or self.queue_tiles < 1
-                or self.write_queue < 1):
-            raise UserError("batch and queue sizes must be >= 1; max-wait and settle times >= 0")
+                or self.write_queue < 1 or (self.readers is not None and self.readers < 1)):
+            raise UserError("batch, queue sizes and readers must be >= 1; max-wait and settle times >= 0")
+        if self.stall_s <= 0:
+            raise UserError("the stall time (--stall-s) must be > 0")
 
 
 class Daemon:
@@ -80,11 +115,14 @@ class Daemon:
         self._names: set[str] = set()  # incoming/ entries taken and not finished
         self._ids: set[str] = set()
         self._reader_done = False
+        self._read_pool: ThreadPoolExecutor | None = None
         self.metrics_address: tuple[str, int] | None = None
         # A TensorRT engine's profile caps the batch; never hand it more.
         self.batch = min(config.batch, runner.max_batch or config.batch)
         self._committer = Committer(self.spool, runner, self.metrics, self._stop, self._fail, self._release,
                                     config.disk_retry_s, config.disk_retry_max_s, config.write_queue)
+
+    _spool_error: str | None = None  # set when a spool folder vanished: run() exits with EXIT_SPOOL_GONE
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -96,24 +134,31 @@ class Daemon:
             self._ids.discard(cand.tile_id)
 
     def _fail(self, name: str, tile_id: str, reason: str) -> None:
+        """Quarantine an entry with a one-line reason; one that cannot be moved is reported once and skipped."""
+        if self._spool_error is not None:
+            return  # the spool is gone: nothing can be moved; the restarted daemon sees what is left
         reason = reason.replace(f"{self.spool.incoming}/", "")  # relative names: shorter, no host paths
-        try:
-            with self._fail_lock:
-                dest = self.spool.move_failed(name, reason)
-        except OSError as exc:
-            log.error("cannot move tile to failed/", extra={"fields": {"tile": tile_id, "error": str(exc)}})
-            return
-        self.metrics.inc("tiles_failed")
-        log.warning("tile failed", extra={"fields": {"tile": tile_id, "failed_as": dest, "reason": reason}})
+        with self._fail_lock:
+            q = self.spool.quarantine(name, reason)
+        entry = escape(name)
+        if q.dest is not None:
+            self.metrics.inc("tiles_failed")
+            log.warning("tile failed", extra={"fields": {"tile": entry, "failed_as": q.dest, "reason": reason}})
+        elif q.first_report:
+            log.error("cannot move entry to failed/; skipped until it changes", extra={"fields": {
+                "entry": entry, "reason": reason, "error": q.unmovable}})
+        self.metrics.set("spool_unmovable_entries", len(self.spool.unmovable))
 
     def _take(self, cand: Candidate) -> str:
         """Handle one ready entry: queue it, settle it (fail/recover), or leave it ("wait")."""
         if self._stop.is_set():
             return "wait"  # shutting down: leave it in incoming/ unread
-        if not valid_tile_id(cand.tile_id) or (cand.path.is_file() and not cand.name.endswith(".npz")):
-            self._fail(cand.name, cand.tile_id, f"invalid tile name {cand.name!r}: expected <id>.npz or a "
-                       "folder <id>/ with id of letters, digits, '.', '_', '-' (no '..')")
+        if cand.problem is not None:  # not a tile (kind, name or marker): found by the scan
+            self._fail(cand.name, cand.tile_id, cand.problem)
             return "handled"
+        state = self.spool.recheck(cand)  # grown, replaced or removed since the scan?
+        if state != "same":
+            return "wait" if state == "changed" else "handled"
         with self._lock:
             if cand.tile_id in self._ids:
                 return "wait"  # same id in flight: decided once that one is finished
@@ -121,23 +166,12 @@ class Daemon:
             self._ids.add(cand.tile_id)
         queued = False
         try:
-            digest = fingerprint(cand.path)
             previous = self.spool.result_input_hash(cand.tile_id)
             if previous is not None:
-                self._settle_existing(cand, digest, previous)
+                self._settle_existing(cand, fingerprint(cand.path), previous)
                 return "handled"
-            job = pipeline.load_job(cand.path, cand.tile_id, self.runner.contract, self.config.limits,
-                                    self.config.stride, allow_sar_only=cand.marker, input_sha256=digest)
-            job.marker, job.enqueued, job.candidate = cand.marker, time.perf_counter(), cand
-            self.metrics.observe("read", job.timings_ms["read"] / 1e3)
-            self.metrics.observe("preprocess", job.timings_ms["preprocess"] / 1e3)
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(job, timeout=0.2)
-                    queued = True
-                    return "queued"
-                except queue.Full:
-                    continue
+            queued = self._load_and_queue(cand)
+            return "queued" if queued else "handled"
         except MissingPartnerError as exc:
             if not cand.marker and cand.age_s < self.config.partner_timeout_s:
                 return "wait"
@@ -153,6 +187,26 @@ class Daemon:
                 self._release(cand)
         return "handled"
 
+
+    def _load_and_queue(self, cand: Candidate) -> bool:
+        """Read, verify, prepare and plan an accepted tile and queue it; False when stopped meanwhile.
+
+        Raises what :func:`pipeline.load` raises for a bad tile (the caller fails or defers it).
+        """
+        job = pipeline.load(cand.path, cand.tile_id, self.runner.contract, self.config.limits, self.config.stride,
+                            allow_sar_only=cand.marker)
+        t = job.timings_ms
+        self.metrics.observe("read", (t["read"] + t["verify"]) / 1e3)
+        self.metrics.observe("preprocess", (t["prepare"] + t["cut"]) / 1e3)
+        item = InFlight(job, cand, time.perf_counter())
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def _settle_existing(self, cand: Candidate, digest: str, previous: str) -> None:
         """Results for this tile id exist: finish a crashed run, or refuse a duplicate."""
         if previous == digest and not (self.spool.done / cand.name).exists():
@@ -165,16 +219,25 @@ class Daemon:
                    f"{cand.tile_id}.jsonl exists and {what}")
 
     def _reader(self) -> None:
+        """Scan, take, wait; one entry's failure never stops the loop, a vanished spool ends the daemon."""
         waiter = IncomingWatcher(self.spool.incoming, self.config.inotify)
+        handled: dict[str, tuple] = {}
+        reported: set[str] = set()
         try:
             while not self._stop.is_set():
                 try:
-                    with self._lock:
-                        skip = set(self._names)
-                    ready, pending = self.spool.poll(skip)
-                    waiting = sum(self._take(c) == "wait" for c in ready)
-                except Exception:  # noqa: BLE001 - e.g. the spool folder vanished; keep trying
-                    log.exception("spool scan failed")
+                    ready, pending, waiting, handled = self._scan(handled)
+                except SpoolGone as exc:
+                    self._spool_error = str(exc)
+                    log.error("spool folder removed or replaced; exiting so that the service manager restarts "
+                              "the daemon", extra={"fields": {"error": str(exc), "exit_code": EXIT_SPOOL_GONE}})
+                    self._stop.set()
+                    break
+                except Exception as exc:  # noqa: BLE001 - a bug in the scan: said once, never every second
+                    key = f"{type(exc).__name__}: {exc}"
+                    if key not in reported:
+                        reported.add(key)
+                        log.exception("spool scan failed", extra={"fields": {"error": key}})
                     ready, pending, waiting = [], 1, 0
                 if self.config.once and not ready and pending == 0 and waiting == 0:
                     break
@@ -184,22 +247,64 @@ class Daemon:
             waiter.close()
             self._queue.put(_SENTINEL)
 
+    def _scan(self, handled: dict[str, tuple]) -> tuple[list[Candidate], int, int, dict[str, tuple]]:
+        """One scan of incoming/: take every ready entry, each behind its own error boundary."""
+        with self._lock:
+            skip = set(self._names)
+        ready, pending = self.spool.poll(skip)
+        self.metrics.note_backlog(len(ready), len(skip))  # a take that hangs is a stall (watchdog)
+        self.metrics.set("spool_pending_entries", pending)
+        waiting, now_handled = 0, {}
+        for cand, outcome in zip(ready, self._take_ready(ready, handled), strict=True):
+            if outcome == "wait":
+                waiting += 1
+            elif outcome == "handled":
+                now_handled[cand.name] = cand.signature
+        with self._lock:
+            in_flight = len(self._names)
+        self.metrics.note_backlog(0, in_flight)  # entries left waiting (a partner, an id in flight) are no stall
+        self.metrics.set("spool_unmovable_entries", len(self.spool.unmovable))
+        return ready, pending, waiting, now_handled
+
+    def _take_guarded(self, cand: Candidate, handled: dict[str, tuple]) -> str:
+        """:meth:`_take` one entry behind its own error boundary ("skipped": handled last round, still there)."""
+        if handled.get(cand.name) == cand.signature:  # handled last round, yet still there unchanged
+            self._fail(cand.name, cand.tile_id, "still in incoming/ after it was handled")
+            return "skipped"
+        try:
+            return self._take(cand)
+        except Exception as exc:  # noqa: BLE001 - one entry never stops the others
+            log.exception("unexpected error taking an entry", extra={"fields": {"entry": escape(cand.name)}})
+            self._fail(cand.name, cand.tile_id, f"internal error: {type(exc).__name__}: {exc}")
+            return "handled"
+
+    def _take_ready(self, ready: list[Candidate], handled: dict[str, tuple]) -> list[str]:
+        """:meth:`_take_guarded` every ready entry, ``reader_threads`` at a time (decoding and hashing release
+        the GIL); outcomes in the order of ``ready``.
+
+        Each reader blocks on the bounded queue once it holds a prepared tile, so at most ``queue_tiles`` +
+        ``reader_threads`` tiles are in memory ahead of inference, whatever the number of readers.
+        """
+        if self._read_pool is None or len(ready) < 2:
+            return [self._take_guarded(c, handled) for c in ready]
+        return list(self._read_pool.map(lambda c: self._take_guarded(c, handled), ready))
+
     # ---- inference side ------------------------------------------------------------------------------------
-    def _gather(self, backlog: deque) -> list[tuple[pipeline.Job, int, int]] | None:
-        items: list[tuple[pipeline.Job, int, int]] = []
+    def _gather(self, backlog: deque) -> list[tuple[InFlight, int, int]] | None:
+        items: list[tuple[InFlight, int, int]] = []
         count, first = 0, None
         max_wait = self.config.max_wait_ms / 1e3
         while count < self.batch:
             if backlog:
-                job = backlog[0]
-                if job.failed:  # failed in an earlier batch
+                item = backlog[0]
+                if item.failed:  # failed in an earlier batch
                     backlog.popleft()
                     continue
-                k = min(self.batch - count, job.n - job.next_index)
-                items.append((job, job.next_index, job.next_index + k))
-                job.next_index += k
+                k = min(self.batch - count, item.job.n - item.next_index)
+                items.append((item, item.next_index, item.next_index + k))
+                item.next_index += k
                 count += k
-                if job.next_index == job.n:
+                if item.next_index == item.job.n:
                     backlog.popleft()
                 first = first or time.perf_counter()
                 continue
@@ -209,51 +314,53 @@ class Daemon:
             if timeout <= 0:
                 break
             try:
-                job = self._queue.get(timeout=timeout)
+                got = self._queue.get(timeout=timeout)
             except queue.Empty:
                 if first is None:
                     return items
                 continue
-            if job is _SENTINEL:
+            if got is _SENTINEL:
                 self._reader_done = True
                 continue
-            job.timings_ms["queue"] = (time.perf_counter() - job.enqueued) * 1e3
-            self.metrics.observe("queue", job.timings_ms["queue"] / 1e3)
-            backlog.append(job)
+            got.job.timings_ms["queue"] = (time.perf_counter() - got.enqueued) * 1e3
+            self.metrics.observe("queue", got.job.timings_ms["queue"] / 1e3)
+            backlog.append(got)
         self.metrics.set("queue_depth", self._queue.qsize() + len(backlog))
         return None if not items and self._reader_done else items
 
-    def _run_batch(self, items: list[tuple[pipeline.Job, int, int]]) -> None:
-        jobs = list(dict.fromkeys(j for j, _, _ in items))
-        batch = {"sar": np.concatenate([j.sar[a:b] for j, a, b in items]),
-                 "optical": np.concatenate([j.optical[a:b] for j, a, b in items])}
+    def _run_batch(self, items: list[tuple[InFlight, int, int]]) -> None:
+        inflight = list(dict.fromkeys(i for i, _, _ in items))
         t0 = time.perf_counter()
         try:
+            batch = pipeline.batch_inputs(self.runner, self.batch, [(i.job, a, b) for i, a, b in items])
+            t1 = time.perf_counter()
             out = self.runner.infer(batch)
         except Exception as exc:  # noqa: BLE001 - fail these tiles, keep serving
             log.exception("inference failed")
-            self._fail_jobs(jobs, f"inference failed: {type(exc).__name__}: {exc}")
+            self._fail_jobs(inflight, f"inference failed: {type(exc).__name__}: {exc}")
             return
-        dt = time.perf_counter() - t0
-        self.metrics.observe("infer", dt)
+        t2 = time.perf_counter()
+        self.metrics.observe("infer", t2 - t1)
         self.metrics.inc("batches")
         self.metrics.inc("patches", len(batch["sar"]))
         off = 0
-        for job, a, b in items:
-            if not job.failed:
-                pipeline.store_outputs(job, a, {k: v[off:off + b - a] for k, v in out.items()})
-                job.timings_ms["infer"] = job.timings_ms.get("infer", 0.0) + dt * 1e3
+        for item, a, b in items:
+            if not item.failed:
+                timings = item.job.timings_ms
+                pipeline.store_outputs(item.job, a, {k: v[off:off + b - a] for k, v in out.items()})
+                timings["cut"] = timings.get("cut", 0.0) + (t1 - t0) * 1e3 * (b - a) / len(batch["sar"])
+                timings["infer"] = timings.get("infer", 0.0) + (t2 - t1) * 1e3
             off += b - a
-        finished = [job for job in jobs if job.n_done == job.n and not job.failed]
+        finished = [i for i in inflight if i.job.n_done == i.job.n and not i.failed]
         if finished:
             self._committer.put(finished)  # blocks only while the writer is write_queue batches behind
 
-    def _fail_jobs(self, jobs: list[pipeline.Job], reason: str) -> None:
-        for job in jobs:
-            if not job.failed:
-                job.failed = True  # its remaining patches are dropped from the backlog
-                self._fail(job.name, job.tile_id, reason)
-                self._release(job.candidate)
+    def _fail_jobs(self, inflight: list[InFlight], reason: str) -> None:
+        for item in inflight:
+            if not item.failed:
+                item.failed = True  # its remaining patches are dropped from the backlog
+                self._fail(item.name, item.tile_id, reason)
+                self._release(item.candidate)
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def run(self) -> int:
@@ -270,16 +377,17 @@ class Daemon:
                 log.error("cannot load the model",
                           extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
                 return 2
-            server = None
-            if self.config.metrics_port is not None:
-                server = MetricsServer(self.metrics, self.config.metrics_port, self.config.metrics_host)
-                server.__enter__()
-                self.metrics_address = server.address
+            service = Supervisor(self.metrics, self.config.stall_s, self.config.metrics_port,
+                                 self.config.metrics_host)  # /metrics, /healthz, sd_notify + watchdog
+            service.start()
+            self.metrics_address = service.address
             log.info("serving", extra={"fields": {
                 "spool": str(self.spool.root), "runner": self.runner.describe(),
                 "temp_files_removed": removed, "metrics": self.metrics_address}})
             writer = threading.Thread(target=self._committer.run, name="result-writer", daemon=True)
             reader = threading.Thread(target=self._reader, name="tile-reader", daemon=True)
+            if self.config.reader_threads > 1:
+                self._read_pool = ThreadPoolExecutor(self.config.reader_threads, thread_name_prefix="tile-read")
             writer.start()
             reader.start()
             backlog: deque = deque()
@@ -298,13 +406,14 @@ class Daemon:
                 except Exception:  # noqa: BLE001 - keep serving
                     log.exception("batch loop error")
             reader.join()
+            if self._read_pool is not None:
+                self._read_pool.shutdown()
             self._committer.close()  # after the last batch: the writer commits everything, then returns
             writer.join()
-            if server is not None:
-                server.__exit__(None, None, None)
+            service.stop()
             self.runner.deactivate()
             log.info("stopped", extra={"fields": dict(self.metrics.counters)})
-            return 0
+            return EXIT_SPOOL_GONE if self._spool_error is not None else 0
         finally:
             for sig, handler in restore.items():
                 signal.signal(sig, handler)

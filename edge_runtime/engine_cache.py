@@ -1,11 +1,12 @@
-"""On-device TensorRT engine cache keyed by (model hash, TensorRT version, GPU name, precision, profile).
+"""On-device TensorRT engine cache, keyed by everything a serialized engine is only valid for.
 
 An engine only works with the TensorRT version and GPU it was built with, so the runtime builds it on first
-start on the device and caches it under a file name derived from the key. A later start with the same key
-loads it; a changed key (new model, JetPack upgrade, other GPU, other batch range) simply maps to another file
-and is built; a cached engine whose bytes no longer match its manifest, or that TensorRT refuses to
-deserialize, is rebuilt -- never a crash. Builder and loader are injected, so this logic is tested
-without TensorRT.
+start on the device and caches it under a file name derived from the key (:class:`EngineKey`: model hash,
+TensorRT version, GPU name, compute capability, SM count, CUDA driver version, precision, profile, workspace,
+builder version -- every Orin module may report the same GPU name). A later start with the same key loads it; a
+changed key (new model, JetPack upgrade, other module, other batch range) maps to another file and is built; a
+cached engine whose bytes no longer match its manifest, or that TensorRT refuses to deserialize, is rebuilt --
+never a crash. Builder and loader are injected, so this logic is tested without TensorRT.
 """
 
 from __future__ import annotations
@@ -30,21 +31,44 @@ class EngineLoadError(Exception):
 
 @dataclass(frozen=True)
 class EngineKey:
-    """Everything a serialized engine is only valid for."""
+    """Everything a serialized engine is only valid for.
+
+    Attributes:
+        model_sha256: SHA-256 of the ONNX artefact.
+        trt_version: TensorRT version.
+        gpu_name / compute_capability / sm_count / driver_version: The device (``DeviceInfo`` of the CUDA adapter).
+        precision: Engine precision, from the artefact's manifest entry.
+        profile: Input name -> [min, opt, max] shapes.
+        workspace_mb: Builder workspace limit (tactics depend on it).
+        builder_version: :data:`mosaic_edge.export.trt.BUILDER_VERSION`.
+        calib_sha256: SHA-256 of the legacy calibration cache, "" for other builds.
+    """
 
     model_sha256: str
     trt_version: str
     gpu_name: str
     precision: str
     profile: dict[str, list[list[int]]] = field(hash=False)
+    compute_capability: str
+    sm_count: int
+    driver_version: int
+    workspace_mb: int
+    builder_version: str
+    calib_sha256: str = ""
 
     def fields(self) -> dict[str, Any]:
         return {
             "model_sha256": self.model_sha256,
             "trt_version": self.trt_version,
             "gpu_name": self.gpu_name,
+            "compute_capability": self.compute_capability,
+            "sm_count": self.sm_count,
+            "driver_version": self.driver_version,
             "precision": self.precision,
             "profile": {k: [list(s) for s in v] for k, v in self.profile.items()},
+            "workspace_mb": self.workspace_mb,
+            "builder_version": self.builder_version,
+            "calib_sha256": self.calib_sha256,
         }
 
     def digest(self) -> str:

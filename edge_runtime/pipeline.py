@@ -1,71 +1,153 @@
-"""The per-tile steps shared by the daemon and ``mosaic-edge predict``: read -> prepare -> cut -> records.
+"""The per-tile stages shared by the daemon, ``mosaic-edge predict`` and the profiler.
 
-Keeping them here means one-shot prediction and the spool daemon produce byte-for-byte the same records for
-the same tile and runner (apart from timings).
+``read -> verify -> prepare -> cut -> (inference) -> postprocess -> write``, one function per stage, so every
+caller runs -- and the profiler times -- exactly the same code:
+
+* :func:`read`: the tile's files, each read once into memory, decoded into raw arrays
+  (:func:`mosaic_edge.tile_format.read_files` / :func:`~mosaic_edge.tile_format.decode`);
+* :func:`verify`: the SHA-256 of those bytes (a tile's identity for exactly-once; no second read);
+* :func:`prepare`: whole-tile model inputs in the artefact's input form, per-pixel optical validity, the
+  mostly-invalid-SAR rule (:func:`mosaic_edge.edge_runtime.tiles.prepare_tile`);
+* :func:`cut`: window positions, per-window optical invalid fractions and the answering head, and the windows
+  themselves cast into one contiguous block per tile (in the runner's input dtype) -- so the thread that feeds
+  the engine only moves whole blocks (:func:`batch_inputs`: a view when a batch lies in one tile, else one
+  copy per tile into the runner's :meth:`~Runner.input_buffers`); a large tile, whose windows would take more
+  than :data:`PRECUT_MAX_BYTES`, is cut straight into the batch buffers by :func:`fill` instead;
+* :func:`result_files`: the JSON Lines (and GeoJSON) bytes of a finished tile, built once.
+
+One-shot prediction and the spool daemon therefore produce byte-for-byte the same records for the same tile
+and runner (apart from timings).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mosaic_edge import patching
 from mosaic_edge.contract import Contract
 from mosaic_edge.data.tiff import GeoInfo
-from mosaic_edge.edge_runtime import patching, postprocess
-from mosaic_edge.edge_runtime.runner import Runner, run_batched
-from mosaic_edge.edge_runtime.tiles import TileLimits, fingerprint, prepare_tile, read_tile
+from mosaic_edge.edge_runtime import postprocess
+from mosaic_edge.edge_runtime.runner import Runner
+from mosaic_edge.edge_runtime.tiles import PreparedTile, prepare_tile
 from mosaic_edge.errors import DataError
+from mosaic_edge.tile_format import Tile, TileFiles, TileLimits, decode, read_files
 
 
-@dataclass(eq=False)  # identity semantics: jobs are dict keys and queue items
+@dataclass(eq=False)  # identity semantics: jobs are dict keys
 class Job:
-    """One tile cut into patches, waiting for (or collecting) model outputs."""
+    """One tile cut into windows, collecting the model outputs of its patches.
+
+    Attributes:
+        windows: Patch positions, row-major.
+        heads: Per window, "fused" or "sar" (which logits answer).
+        optical_invalid: Per window, the fraction of unusable optical pixels.
+        input_sha256: Identity of the input (recorded in every result record).
+        geo: Georeferencing of the tile (None: records carry no bounds).
+        inputs: The windows, cut: input name -> [n, C, P, P] in the input dtype; None when they are cut from
+            ``source`` batch by batch.
+        source: Whole-tile inputs (only while ``inputs`` is None).
+        timings_ms: Host time per stage of this tile.
+    """
 
     tile_id: str
     name: str
-    sar: np.ndarray  # float32 [n, 2, P, P]
-    optical: np.ndarray  # float32 [n, 12, P, P]
     windows: list[patching.Window]
     heads: list[str]
     optical_invalid: np.ndarray
-    geo: GeoInfo | None
     input_sha256: str
-    timings_ms: dict[str, float]
-    marker: bool = False
-    enqueued: float = 0.0
-    next_index: int = 0  # first patch not yet handed to a batch
+    geo: GeoInfo | None = None
+    inputs: dict[str, np.ndarray] | None = None
+    source: PreparedTile | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
     n_done: int = 0
     logits: dict[str, np.ndarray] = field(default_factory=dict)
-    candidate: Any = None  # the spool entry it came from (daemon only)
-    failed: bool = False
 
     @property
     def n(self) -> int:
         return len(self.windows)
 
 
-def load_job(path: Path, tile_id: str, contract: Contract, limits: TileLimits = TileLimits(),
-             stride: int | None = None, allow_sar_only: bool = False, input_sha256: str | None = None) -> Job:
-    """Read and preprocess one tile and cut it into patches (raises DataError on a bad tile)."""
-    t0 = time.perf_counter()
-    digest = input_sha256 or fingerprint(path)
-    tile = read_tile(path, tile_id, limits, allow_sar_only=allow_sar_only)
-    t1 = time.perf_counter()
-    prep = prepare_tile(tile, contract, limits)
-    wins = patching.windows(*prep.shape, contract.patch_size, stride)
-    inv = patching.invalid_fractions(prep.optical_invalid, wins)
+# ---- the stages --------------------------------------------------------------------------------------------
+def read(path: Path, tile_id: str, limits: TileLimits = TileLimits(),
+         allow_sar_only: bool = False) -> tuple[TileFiles, Tile]:
+    """Read a tile's files once and decode them (raises DataError / MissingPartnerError on a bad tile)."""
+    files = read_files(path, limits)
+    return files, decode(files, tile_id, limits, allow_sar_only)
+
+
+def verify(files: TileFiles) -> str:
+    """The tile's SHA-256 over the bytes :func:`read` holds (equal to :func:`~mosaic_edge.tile_format.fingerprint`)."""
+    return files.sha256()
+
+
+def prepare(tile: Tile, contract: Contract, limits: TileLimits = TileLimits()) -> PreparedTile:
+    """Whole-tile inputs in ``contract.input_form`` (see :mod:`mosaic_edge.edge_runtime.tiles`)."""
+    return prepare_tile(tile, contract, limits)
+
+
+# A tile's windows are cut into one contiguous block when it takes at most this much: a 120 px tile of 48 px
+# windows takes 1.2 MB. A 1200 x 1200 px scene of 120 px windows would take 80 MB of fresh memory (page faults
+# cost more than the copy); it is cut batch by batch into the runner's reused buffers instead, and queued
+# scenes hold no more than their input.
+PRECUT_MAX_BYTES = 8 << 20
+
+
+def cut(prepared: PreparedTile, contract: Contract, name: str, input_sha256: str, stride: int | None = None,
+        limits: TileLimits = TileLimits(), precut_max_bytes: int = PRECUT_MAX_BYTES) -> Job:
+    """Plan the windows of a prepared tile (positions, optical invalid fractions, heads) and cut them into one
+    contiguous block of the contract's input dtype when it fits in ``precut_max_bytes``."""
+    height, width = prepared.shape
+    wins = patching.windows(height, width, contract.patch_size, stride)
+    if not prepared.optical_usable:
+        inv = np.ones(len(wins), np.float64)
+    else:
+        inv = patching.invalid_fractions(prepared.optical_invalid, wins)
     heads = postprocess.choose_heads(inv, limits.max_invalid_fraction)
-    sar, opt = patching.cut(prep.sar, wins), patching.cut(prep.optical, wins)
-    if not (np.isfinite(sar).all() and np.isfinite(opt).all()):
-        raise DataError(f"{tile_id}: non-finite values after preprocessing")
-    t2 = time.perf_counter()
-    timings = {"read": (t1 - t0) * 1e3, "preprocess": (t2 - t1) * 1e3}
-    return Job(tile_id, path.name, sar, opt, wins, heads, inv, prep.geo, digest, timings)
+    job = Job(prepared.id, name, wins, heads, inv, input_sha256, prepared.geo, source=prepared)
+    shapes = {k: (len(wins), *(int(d) for d in v[1:])) for k, v in contract.input_shapes().items()}
+    dtypes = {k: np.dtype(contract.input_dtype(k)) for k in shapes}
+    if sum(int(np.prod(v)) * dtypes[k].itemsize for k, v in shapes.items()) <= precut_max_bytes:
+        job.inputs = {k: np.empty(shapes[k], dtypes[k]) for k in shapes}
+        patching.cut_into(job.inputs["sar"], prepared.sar, wins)
+        patching.cut_into(job.inputs["optical"], prepared.optical, wins)
+        job.source = None  # the tile's arrays (views into the file's bytes) can go
+    return job
+
+
+def fill(buffers: dict[str, np.ndarray], parts: Sequence[tuple[Job, int, int]]) -> dict[str, np.ndarray]:
+    """Copy windows ``a:b`` of each job, in order, into the first rows of ``buffers``; return those rows.
+
+    Args:
+        buffers: ``{"sar": [M, 2, P, P], "optical": [M, 12, P, P]}`` in the runner's input dtype, with ``M``
+            at least the number of windows in ``parts`` (:meth:`Runner.input_buffers`).
+        parts: ``(job, a, b)`` slices of jobs' windows.
+    """
+    row = 0
+    for job, a, b in parts:
+        for name, buf in buffers.items():
+            if job.inputs is not None:
+                buf[row:row + b - a] = job.inputs[name][a:b]  # one contiguous copy
+            else:
+                assert job.source is not None
+                patching.cut_into(buf[row:row + b - a], getattr(job.source, name), job.windows[a:b])
+        row += b - a
+    return {name: buf[:row] for name, buf in buffers.items()}
+
+
+def batch_inputs(runner: Runner, rows: int, parts: Sequence[tuple[Job, int, int]]) -> dict[str, np.ndarray]:
+    """The model inputs of a batch: views of a job's cut windows when the batch lies in one job, else
+    :func:`fill` into ``runner.input_buffers(rows)``."""
+    if len(parts) == 1 and parts[0][0].inputs is not None:
+        job, a, b = parts[0]
+        assert job.inputs is not None
+        return {name: arr[a:b] for name, arr in job.inputs.items()}
+    return fill(runner.input_buffers(rows), parts)
 
 
 def store_outputs(job: Job, start: int, outputs: dict[str, np.ndarray]) -> None:
@@ -78,20 +160,59 @@ def store_outputs(job: Job, start: int, outputs: dict[str, np.ndarray]) -> None:
     job.n_done += k
 
 
+def _extra(job: Job, runner: Runner) -> dict[str, Any]:
+    return {"model_hash": runner.model_hash, "runner": runner.kind, "precision": runner.precision,
+            "input_sha256": job.input_sha256,
+            "timings_ms": {k: round(v, 3) for k, v in job.timings_ms.items()}}
+
+
 def job_records(job: Job, runner: Runner) -> list[dict[str, Any]]:
-    """The JSON Lines records of a finished job."""
+    """The JSON Lines records of a finished job, as dicts."""
     scores = postprocess.patch_scores(job.logits, job.heads)
-    extra = {"model_hash": runner.model_hash, "runner": runner.kind, "precision": runner.precision,
-             "input_sha256": job.input_sha256,
-             "timings_ms": {k: round(v, 3) for k, v in job.timings_ms.items()}}
-    return postprocess.tile_records(job.tile_id, job.windows, job.heads, scores, runner.contract, job.geo,
-                                    job.optical_invalid, extra)
+    return postprocess.tile_records(job.tile_id, job.windows, job.heads, scores, runner.contract,
+                                    job.geo, job.optical_invalid, _extra(job, runner))
 
 
-def result_files(job: Job, runner: Runner) -> tuple[list[dict[str, Any]], bytes, bytes | None]:
-    """A finished job's records and the bytes of its result files (``.jsonl``, ``.geojson`` or None)."""
-    records = job_records(job, runner)
-    return records, postprocess.to_jsonl(records), postprocess.to_geojson(records)
+def result_files(job: Job, runner: Runner) -> tuple[bytes, bytes | None]:
+    """A finished job's result files: the ``.jsonl`` bytes and the ``.geojson`` bytes (None without geo).
+
+    The same bytes as ``to_jsonl(job_records(...))`` / ``to_geojson(...)``, encoded in one go per tile.
+    """
+    scores = postprocess.patch_scores(job.logits, job.heads)
+    return postprocess.encode_tile(job.tile_id, job.windows, job.heads, scores, runner.contract,
+                                   job.geo, job.optical_invalid, _extra(job, runner))
+
+
+# ---- a whole tile ------------------------------------------------------------------------------------------
+def load(path: Path, tile_id: str, contract: Contract, limits: TileLimits = TileLimits(),
+         stride: int | None = None, allow_sar_only: bool = False) -> Job:
+    """read -> verify -> prepare -> cut of one tile, each stage's time in ``job.timings_ms``."""
+    t0 = time.perf_counter()
+    files, tile = read(path, tile_id, limits, allow_sar_only)
+    t1 = time.perf_counter()
+    digest = verify(files)
+    t2 = time.perf_counter()
+    prepared = prepare(tile, contract, limits)
+    t3 = time.perf_counter()
+    job = cut(prepared, contract, path.name, digest, stride, limits)
+    t4 = time.perf_counter()
+    job.timings_ms.update({"read": (t1 - t0) * 1e3, "verify": (t2 - t1) * 1e3, "prepare": (t3 - t2) * 1e3,
+                           "cut": (t4 - t3) * 1e3})
+    return job
+
+
+def infer_job(runner: Runner, job: Job, batch: int = 8) -> None:
+    """Run all windows of ``job`` through an active ``runner``, ``batch`` at a time."""
+    batch = min(batch, runner.max_batch or batch)
+    for a in range(0, job.n, batch):
+        b = min(a + batch, job.n)
+        t0 = time.perf_counter()
+        inputs = batch_inputs(runner, batch, [(job, a, b)])
+        t1 = time.perf_counter()
+        store_outputs(job, a, runner.infer(inputs))
+        t2 = time.perf_counter()
+        job.timings_ms["cut"] = job.timings_ms.get("cut", 0.0) + (t1 - t0) * 1e3
+        job.timings_ms["infer"] = job.timings_ms.get("infer", 0.0) + (t2 - t1) * 1e3
 
 
 def predict_paths(runner: Runner, paths: Iterable[str | Path], batch: int = 8, stride: int | None = None,
@@ -104,13 +225,9 @@ def predict_paths(runner: Runner, paths: Iterable[str | Path], batch: int = 8, s
     for p in paths:
         path = Path(p)
         try:
-            tile_id = path.name.removesuffix(".npz")
-            job = load_job(path, tile_id, runner.contract, limits, stride, allow_sar_only)
+            job = load(path, path.name.removesuffix(".npz"), runner.contract, limits, stride, allow_sar_only)
         except DataError as exc:
             yield path, None, str(exc)
             continue
-        t0 = time.perf_counter()
-        out = run_batched(runner, job.sar, job.optical, batch)
-        job.timings_ms["infer"] = (time.perf_counter() - t0) * 1e3
-        store_outputs(job, 0, out)
+        infer_job(runner, job, batch)
         yield path, job_records(job, runner), None

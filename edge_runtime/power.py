@@ -1,27 +1,21 @@
-"""Power and environment of the machine a profile ran on (numpy-free, never torch).
+"""Power drawn while a profile runs (numpy-free, never torch).
 
-On a Jetson: the power mode (``nvpmodel -q``), current clocks from sysfs, and ``tegrastats`` sampled during
-the run, from which the profile reports the average input power and the energy per tile. Elsewhere: CPU model
-and thread count. Every probe is defensive: a missing tool or unreadable file yields ``None``, never an
-exception, because a profile must not fail for want of a power reading.
+On a Jetson, ``tegrastats`` is sampled during the run, from which the profile reports the average input power
+and the energy per tile. What else describes the machine (versions, CPU, power mode, clocks) comes from the
+environment probe shared with ``mosaic-edge doctor`` (:mod:`mosaic_edge.environment`). Every reading is
+defensive: a missing tool yields ``None``, never an exception, because a profile must not fail for want of a
+power reading.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
-import platform
 import re
 import shutil
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
-
-_JETSON_MODEL = Path("/proc/device-tree/model")
-_L4T_RELEASE = Path("/etc/nv_tegra_release")
 
 # One rail reading "NAME 5000mW/4980mW" (Orin, JetPack 5+) or "NAME 5000/4980" (Xavier/Nano/TX2, JetPack 4):
 # the current value then the running average, in milliwatts. The lookahead keeps "RAM 2345/7772MB" and "SWAP
@@ -128,116 +122,3 @@ class TegrastatsSampler:
 
     def summary(self, t0: float, t1: float) -> PowerSummary | None:
         return summarize_power(list(self.samples), t0, t1)
-
-
-def _run(cmd: list[str]) -> str | None:
-    try:
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout if out.returncode == 0 else None
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace").strip("\x00\n ")
-    except OSError:
-        return None
-
-
-def is_jetson() -> bool:
-    return _JETSON_MODEL.exists() and "jetson" in (_read(_JETSON_MODEL) or "").lower()
-
-
-def parse_nvpmodel(text: str) -> dict[str, Any]:
-    """Parse ``nvpmodel -q`` output (``"NV Power Mode: MAXN\\n0"``) into ``{"name": "MAXN", "id": 0}``."""
-    name = re.search(r"NV Power Mode:\s*(\S+)", text)
-    ident = re.search(r"^\s*(\d+)\s*$", text, re.MULTILINE)
-    return {"name": name.group(1) if name else None, "id": int(ident.group(1)) if ident else None}
-
-
-def power_mode() -> dict[str, Any] | None:
-    out = _run(["nvpmodel", "-q"])
-    return None if out is None else parse_nvpmodel(out)
-
-
-def clocks() -> dict[str, Any]:
-    """Current CPU (per core) and GPU/DLA devfreq clocks in MHz, from sysfs (no root needed)."""
-    cpus = {}
-    for f in sorted(Path("/sys/devices/system/cpu").glob("cpu[0-9]*/cpufreq/scaling_cur_freq")):
-        khz = _read(f)
-        if khz and khz.isdigit():
-            cpus[f.parent.parent.name] = int(khz) / 1000.0
-    devfreq = {}
-    for f in sorted(Path("/sys/class/devfreq").glob("*/cur_freq")):
-        hz = _read(f)
-        if hz and hz.isdigit():
-            devfreq[f.parent.name] = int(hz) / 1e6
-    return {"cpu_mhz": cpus or None, "devfreq_mhz": devfreq or None}
-
-
-def cpu_info() -> dict[str, Any]:
-    """CPU model and how many threads this process may use."""
-    model = None
-    text = _read(Path("/proc/cpuinfo")) or ""
-    for key in ("model name", "Model", "Hardware", "cpu model"):
-        m = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
-        if m:
-            model = m.group(1).strip()
-            break
-    usable: int | None
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        usable = os.cpu_count()
-    return {"model": model or platform.processor() or None, "logical_cpus": os.cpu_count(),
-            "usable_threads": usable}
-
-
-def _module_version(module: str) -> str | None:
-    try:
-        mod = importlib.import_module(module)
-    except Exception:  # noqa: BLE001 - absent or broken counts as missing
-        return None
-    return str(getattr(mod, "__version__", "installed"))
-
-
-def _cuda_version() -> str | None:
-    for path in (Path("/usr/local/cuda/version.json"), Path("/usr/local/cuda/version.txt")):
-        text = _read(path)
-        if text:
-            m = re.search(r'"cuda"\s*:\s*\{[^}]*"version"\s*:\s*"([^"]+)"', text) or re.search(
-                r"CUDA Version\s+(\S+)", text)
-            if m:
-                return m.group(1)
-    smi = _run(["nvidia-smi"])
-    m = re.search(r"CUDA Version:\s*([\d.]+)", smi or "")
-    return f"driver {m.group(1)}" if m else None
-
-
-def versions() -> dict[str, Any]:
-    """Versions of everything that changes the timings: runtimes, CUDA, JetPack/L4T."""
-    from mosaic_edge.version import __version__
-
-    jetpack = _run(["dpkg-query", "-W", "-f=${Version}", "nvidia-jetpack"]) if is_jetson() else None
-    l4t = _read(_L4T_RELEASE)
-    return {
-        "mosaic_edge": __version__,
-        "python": platform.python_version(),
-        "numpy": _module_version("numpy"),
-        "onnxruntime": _module_version("onnxruntime"),
-        "tensorrt": _module_version("tensorrt"),
-        "cuda": _cuda_version(),
-        "jetpack": jetpack or None,
-        "l4t": l4t.splitlines()[0] if l4t else None,
-    }
-
-
-def environment() -> dict[str, Any]:
-    """Everything recorded next to the timings: versions, CPU, and on a Jetson the power mode and clocks."""
-    env: dict[str, Any] = {"platform": platform.platform(), "versions": versions(), "cpu": cpu_info(),
-                           "jetson": None}
-    if is_jetson():
-        env["jetson"] = {"model": _read(_JETSON_MODEL), "power_mode": power_mode(), "clocks": clocks()}
-    return env
-

@@ -15,10 +15,12 @@ from typing import Any
 # Keys of every configuration in profile.json (tests check them; readers may rely on them).
 CONFIG_KEYS = ("runner", "precision", "batch", "artefact", "artefact_sha256", "stages", "end_to_end",
                "throughput_tiles_s", "environment", "accuracy", "power", "energy_per_tile_mj")
-STAT_KEYS = ("mean_ms", "p50_ms", "p90_ms", "p99_ms")
+STAT_KEYS = ("mean_ms", "p10_ms", "p50_ms", "p90_ms", "p99_ms")
 ACCURACY_KEYS = ("macro_map", "micro_map", "macro_map_delta_pts", "agreement", "max_prob_diff")
-_SHORT = {"read": "read", "preprocess": "prep", "h2d": "h2d", "inference": "infer", "d2h": "d2h",
-          "postprocess": "post", "write": "write"}
+# Column labels: h2d/d2h are the copies (CUDA events), "infer host" the host time of infer() without them, and
+# "gpu exec" the GPU execution alone (CUDA events; n/a on a host-resident runner).
+_SHORT = {"read": "read", "verify": "verify", "prepare": "prep", "cut": "cut", "h2d": "h2d copy",
+          "inference": "infer host", "d2h": "d2h copy", "postprocess": "post", "write": "write"}
 
 
 def accuracy_for(model_dir: Path, artefact: str | None) -> dict[str, Any] | None:
@@ -59,7 +61,7 @@ def validate_profile(doc: Mapping[str, Any]) -> None:
                                        for k in STAT_KEYS)
             if bad:
                 raise ValueError(f"configuration {i}: stage {stage!r} lacks non-negative {list(STAT_KEYS)}")
-            if not stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]:
+            if not stats["p10_ms"] <= stats["p50_ms"] <= stats["p90_ms"] <= stats["p99_ms"]:
                 raise ValueError(f"configuration {i}: stage {stage!r} percentiles are not ordered")
         if not cfg["throughput_tiles_s"] > 0:
             raise ValueError(f"configuration {i}: throughput_tiles_s must be > 0")
@@ -89,23 +91,48 @@ def _delta(cfg: Mapping[str, Any]) -> str:
     return "n/a" if d is None else f"{d:+.2f}"
 
 
+def _grid(head: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
+    return [line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+
+
+def _span(stats: Mapping[str, Any], spec: str) -> str:
+    """``p10-p90`` of a stage (n/a in documents of schema 1, which have no p10)."""
+    if "p10_ms" not in stats or "p90_ms" not in stats:
+        return "n/a"
+    return f"{format(stats['p10_ms'], spec)}-{format(stats['p90_ms'], spec)}"
+
+
+def _rounds(cfg: Mapping[str, Any]) -> str:
+    rates = cfg.get("throughput", {}).get("rounds_tiles_s") or []
+    return f"{min(rates):.1f}-{max(rates):.1f}" if rates else "n/a"
+
+
 def render_table(doc: Mapping[str, Any]) -> str:
-    """A fixed-width table: per-stage p50 (ms per batch), end-to-end p50/p90/p99, tiles/s, mJ/tile, ΔmAP."""
+    """Fixed-width tables: per-stage p50 (ms per batch), end-to-end p50/p90/p99, tiles/s, mJ/tile, ΔmAP; then
+    the spread (p10-p90) of every stage and the range of the rounds' throughput."""
     stages = list(doc["stages"])
+    configs = doc["configurations"]
     head = (["runner", "prec", "batch"] + [_SHORT.get(s, s) for s in stages]
-            + ["e2e p50", "p90", "p99", "ms/tile", "tiles/s", "mJ/tile", "ΔmAP pts"])
+            + ["gpu exec", "e2e p50", "p90", "p99", "ms/tile", "tiles/s", "mJ/tile", "ΔmAP pts"])
     rows = []
-    for cfg in doc["configurations"]:
+    for cfg in configs:
         e2e = cfg["end_to_end"]
         rows.append([cfg["runner"], cfg["precision"], str(cfg["batch"])]
                     + [_fmt(cfg["stages"][s]["p50_ms"], ".3f") for s in stages]
+                    + [_fmt((cfg.get("device") or {}).get("p50_ms"), ".3f")]
                     + [_fmt(e2e["p50_ms"]), _fmt(e2e["p90_ms"]), _fmt(e2e["p99_ms"]),
                        _fmt(e2e["p50_ms"] / cfg["batch"]), _fmt(cfg["throughput_tiles_s"], ".1f"),
                        _fmt(cfg["energy_per_tile_mj"], ".1f"), _delta(cfg)])
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    line = lambda r: "  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
-    out = ["latency: ms per batch, synchronous; stage columns are p50; throughput: pipelined",
-           line(head), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    spread_head = ["runner", "prec", "batch"] + [_SHORT.get(s, s) for s in stages] + ["e2e", "tiles/s rounds"]
+    spread = [[c["runner"], c["precision"], str(c["batch"])] + [_span(c["stages"][s], ".3f") for s in stages]
+              + [_span(c["end_to_end"], ".2f"), _rounds(c)] for c in configs]
+    rounds = (doc.get("settings") or {}).get("rounds")
+    out = ["latency: ms per batch, synchronous; stage columns are p50; throughput: pipelined"
+           + (f"; configurations interleaved in {rounds} rounds" if rounds else ""),
+           *_grid(head, rows), "", "spread: p10-p90 ms per batch; throughput: slowest-fastest round",
+           *_grid(spread_head, spread)]
     env = doc["environment"]
     cpu = env.get("cpu") or {}
     vers = env.get("versions") or {}
@@ -142,24 +169,30 @@ def plot_profile(doc: Mapping[str, Any], path: Path) -> str | None:
         positive = [[x for x in cfg["samples_ms"].get(s, []) if x > 0] for s in stages]
         drawn = [(i, xs) for i, xs in enumerate(positive) if xs]
         pos = [i + (j - (len(precisions) - 1) / 2) * width for i, _ in drawn]
-        bp = ax1.boxplot([xs for _, xs in drawn], positions=pos, widths=width * 0.9, patch_artist=True)
+        bp = ax1.boxplot([xs for _, xs in drawn], positions=pos, widths=width * 0.9, patch_artist=True,
+                         whis=(10, 90), showfliers=False)
         for box in bp["boxes"]:
             box.set_facecolor(f"C{j}")
         ax1.plot([], [], color=f"C{j}", lw=6, label=prec)
     ax1.set_xticks(range(len(stages)), stages, rotation=30)
     ax1.set_yscale("log")
     ax1.set_ylabel(f"ms per batch of {smallest} (synchronous)")
-    ax1.set_title("latency distribution per stage")
+    rounds = (doc.get("settings") or {}).get("rounds")
+    ax1.set_title("latency per stage: box p25-p75, whiskers p10-p90"
+                  + (f"; configurations interleaved in {rounds} rounds" if rounds else ""), fontsize=9)
     ax1.legend()
     for j, prec in enumerate(precisions):
-        rows = sorted((c["batch"], c["throughput_tiles_s"]) for c in configs if c["precision"] == prec)
-        ax2.plot([b for b, _ in rows], [t for _, t in rows], "o-", color=f"C{j}", label=prec)
+        mine = sorted((c for c in configs if c["precision"] == prec), key=lambda c: c["batch"])
+        xs, ys = [c["batch"] for c in mine], [c["throughput_tiles_s"] for c in mine]
+        ax2.plot(xs, ys, "o-", color=f"C{j}", label=prec)
+        spans = [c.get("throughput", {}).get("rounds_tiles_s") or [c["throughput_tiles_s"]] for c in mine]
+        ax2.fill_between(xs, [min(r) for r in spans], [max(r) for r in spans], color=f"C{j}", alpha=0.2)
     batches = sorted({c["batch"] for c in configs})
     ax2.set_xscale("log", base=2)
     ax2.set_xticks(batches, [str(b) for b in batches])
     ax2.minorticks_off()
     ax2.set_xlabel("batch (tiles)")
-    ax2.set_ylabel("tiles/s (pipelined)")
+    ax2.set_ylabel("tiles/s (pipelined; band: slowest-fastest round)")
     ax2.set_title("throughput vs batch")
     ax2.legend()
     fig.suptitle(f"mosaic-edge profile — {configs[0]['runner']} — {doc['environment'].get('platform', '')}",

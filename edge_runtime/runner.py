@@ -1,9 +1,14 @@
 """Runners: one lifecycle for every inference backend (STYLE.md #7).
 
 ``with open_runner("export/") as r: out = r.infer({"sar": ..., "optical": ...})``. The base class validates
-each batch against the contract (names, float32, ``[N, C, P, P]``) and checks that the backend returned every
-contract output with ``N`` rows; subclasses implement :meth:`Runner._activate`, :meth:`Runner._deactivate` and
-:meth:`Runner._infer`.
+each batch against the contract (names, the contract's input dtypes, ``[N, C, P, P]``; what the values hold --
+standardised, or raw physical units for artefacts that standardise in the graph -- is the contract's
+``input_form``, which callers prepare for) and checks that the backend returned every contract output with
+``N`` rows; subclasses implement :meth:`Runner._activate`, :meth:`Runner._deactivate` and :meth:`Runner._infer`.
+
+Batches can be assembled in place: :meth:`Runner.input_buffers` hands out arrays owned by the runner (plain
+host arrays by default; a backend may return its own staging memory, e.g. pinned buffers) that the caller fills
+and passes, sliced to the batch, to :meth:`Runner.infer`.
 
 Artefact choice: given an export directory (``manifest.json`` beside the ONNX files), the ONNX Runtime runner
 takes the artefact meant for its target — on CPU the ``target: "cpu"`` INT8 artefact
@@ -50,6 +55,7 @@ class Runner:
         self.model_hash = model_hash or contract.model_hash
         self.max_batch = max_batch
         self._active = False
+        self._buffers: dict[str, np.ndarray] = {}
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def __enter__(self) -> Runner:
@@ -112,10 +118,30 @@ class Runner:
     def _infer(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def input_buffers(self, rows: int) -> dict[str, np.ndarray]:
+        """Arrays of at least ``rows`` rows per contract input, in its dtype, to assemble a batch in.
+
+        Pass ``{name: buffers[name][:n]}`` to :meth:`infer`. The arrays belong to the runner and are reused:
+        fill them, call :meth:`infer`, then fill them again -- from the thread that calls :meth:`infer`, never
+        while a call is running. The default allocates host arrays once (growing them when ``rows`` grows);
+        a backend with its own staging memory (pinned host buffers of the engine's inputs) may return views of
+        it instead, so the batch lands where the copy to the device starts.
+        """
+        if rows < 1:
+            raise ValueError(f"rows must be >= 1, got {rows}")
+        if not self._buffers or len(next(iter(self._buffers.values()))) < rows:
+            shapes = {name: tuple(int(d) for d in shape[1:]) for name, shape in self.contract.input_shapes().items()}
+            self._buffers = {name: np.empty((rows, *dims), dtype=self.contract.input_dtype(name))
+                             for name, dims in shapes.items()}
+        return self._buffers
+
     def describe(self) -> dict[str, Any]:
         """Primitive summary for logs and output records."""
         return {"kind": self.kind, "precision": self.precision, "model_hash": self.model_hash,
-                "max_batch": self.max_batch}
+                "max_batch": self.max_batch, "input_form": self.contract.input_form}
+
+
+_ORT_TYPES = {"float32": "tensor(float)", "float16": "tensor(float16)", "uint16": "tensor(uint16)"}
 
 
 class OnnxRuntimeRunner(Runner):
@@ -126,7 +152,9 @@ class OnnxRuntimeRunner(Runner):
         contract: Expected contract; defaults to the one in the ONNX metadata. When both exist they must
             agree.
         device: "cpu" or "cuda" (CUDA EP, falling back to CPU only if ``allow_cpu_fallback``).
-        threads: Intra-op threads (None: ORT default, i.e. all cores).
+        threads: Intra-op threads (None: the cores this process may run on, :func:`usable_cores`).
+        spin: Let ONNX Runtime's threads spin-wait between calls (faster for back-to-back calls on an idle
+            machine; in the daemon they would burn the cores the reader and writer need, so off by default).
         precision: Recorded in outputs; the artefact itself fixes the arithmetic.
         model_hash: SHA-256 of ``model_path`` when known (computed otherwise).
     """
@@ -135,7 +163,7 @@ class OnnxRuntimeRunner(Runner):
 
     def __init__(self, model_path: str | Path, contract: Contract | None = None, device: str = "cpu",
                  threads: int | None = None, precision: str = "fp32", model_hash: str = "",
-                 allow_cpu_fallback: bool = False):
+                 allow_cpu_fallback: bool = False, spin: bool = False):
         self._ort = require("onnxruntime")
         self.model_path: Path = Path(model_path)
         if not self.model_path.is_file():
@@ -150,7 +178,10 @@ class OnnxRuntimeRunner(Runner):
             providers = ["CUDAExecutionProvider"] + (providers if allow_cpu_fallback else [])
         self.device = device
         self.providers = providers
-        self.threads = threads
+        if threads is not None and threads < 1:
+            raise UserError(f"threads must be >= 1, got {threads}")
+        self.threads = threads or usable_cores()
+        self.spin = spin
         self._session: Any = None
         meta_contract = self._read_metadata_contract()
         if contract is None and meta_contract is None:
@@ -162,11 +193,11 @@ class OnnxRuntimeRunner(Runner):
 
     def _options(self) -> Any:
         so = self._ort.SessionOptions()
-        if self.threads is not None:
-            if self.threads < 1:
-                raise UserError(f"threads must be >= 1, got {self.threads}")
-            so.intra_op_num_threads = int(self.threads)
-            so.inter_op_num_threads = 1
+        so.intra_op_num_threads = int(self.threads)
+        so.inter_op_num_threads = 1
+        spin = "1" if self.spin else "0"
+        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        so.add_session_config_entry("session.inter_op.allow_spinning", spin)
         so.log_severity_level = 3
         return so
 
@@ -185,6 +216,10 @@ class OnnxRuntimeRunner(Runner):
                                                        providers=self.providers)
         names_in = [i.name for i in self._session.get_inputs()]
         names_out = [o.name for o in self._session.get_outputs()]
+        want = {n: _ORT_TYPES.get(self.contract.input_dtype(n)) for n in self.contract.input_names}
+        bad = {i.name: i.type for i in self._session.get_inputs() if i.name in want and i.type != want[i.name]}
+        if bad:
+            raise ContractMismatchError(f"{self.model_path}: input types {bad}, the contract says {want}")
         outputs_ok = set(self.contract.output_names) <= set(names_out)
         if sorted(names_in) != sorted(self.contract.input_names) or not outputs_ok:
             raise ContractMismatchError(
@@ -203,7 +238,15 @@ class OnnxRuntimeRunner(Runner):
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "artefact": self.model_path.name, "providers": self.providers,
-                "threads": self.threads}
+                "threads": self.threads, "spin": self.spin}
+
+
+def usable_cores() -> int:
+    """How many CPU cores this process may run on (its affinity mask: a container's or taskset's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 # ---- artefact selection ------------------------------------------------------------------------------------
@@ -225,7 +268,8 @@ def _cuda_visible() -> bool:
 
 
 def open_runner(model: str | Path, kind: str = "auto", precision: str | None = None, device: str = "auto",
-                threads: int | None = None, contract: Contract | None = None, **trt_options: Any) -> Runner:
+                threads: int | None = None, contract: Contract | None = None, spin: bool = False,
+                **trt_options: Any) -> Runner:
     """Build (not yet activate) the runner for an export directory or one ONNX/engine file.
 
     Args:
@@ -233,8 +277,9 @@ def open_runner(model: str | Path, kind: str = "auto", precision: str | None = N
         kind: "auto" (TensorRT when it and a GPU are present, else ONNX Runtime), "ort" or "trt".
         precision: "fp32", "fp16" or "int8"; None picks fp32 for ONNX Runtime and lets TensorRT choose.
         device: ONNX Runtime device, "auto" (CUDA EP when available), "cpu" or "cuda".
-        threads: ONNX Runtime intra-op threads.
-        contract: Expected contract; checked against the artefact's.
+        threads: ONNX Runtime intra-op threads (None: :func:`usable_cores`).
+        contract: Expected contract; checked against the artefact's (input form included).
+        spin: Let ONNX Runtime's threads spin between calls (see :class:`OnnxRuntimeRunner`).
         **trt_options: Passed to the TensorRT runner factory (``engine_dir``, ``max_batch``, ...); ignored
             when ``kind="auto"`` falls back to ONNX Runtime.
 
@@ -262,7 +307,7 @@ def open_runner(model: str | Path, kind: str = "auto", precision: str | None = N
     if contract is not None and manifest_contract is not None:
         contract.check_compatible(manifest_contract, what=str(model))
     return OnnxRuntimeRunner(path, contract or manifest_contract, device=device, threads=threads,
-                             precision=precision, model_hash=digest)
+                             precision=precision, model_hash=digest, spin=spin)
 
 
 def run_batched(runner: Runner, sar: np.ndarray, optical: np.ndarray, batch: int = 16

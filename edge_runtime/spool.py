@@ -2,58 +2,63 @@
 
 Layout (created if missing)::
 
-    SPOOL/incoming/   tiles: <name>.npz files or <name>/ folders; names starting with "." are ignored
+    SPOOL/incoming/   tiles: <id>.npz files or <id>/ folders; names starting with "." are ignored
     SPOOL/done/       inputs whose results are written
-    SPOOL/failed/     inputs that failed, each with <name>.reason (one line)
+    SPOOL/failed/     entries that are not tiles or failed, each with <name>.reason (one line)
     SPOOL/results/    <tile>.jsonl (+ <tile>.geojson when georeferenced)
 
-Readiness: a tile is taken once ``incoming/<name>.ready`` exists beside it, or after ``settle_s`` seconds
-without any change to its files (size, mtime, count). Writers should either drop the marker after writing or
-write under a dot-name and ``rename`` into ``incoming/``.
+Readiness: an entry is taken once ``incoming/<name>.ready`` (a regular file) exists beside it, or after
+``settle_s`` seconds without any change to it (inode, size, mtime; for a folder, of every file in it). Writers
+should either drop the marker after writing or write under a dot-name and ``rename`` into ``incoming/``.
+
+Every entry gets an answer, one entry at a time (:mod:`~.spool_scan`: one entry never stops the scan): a tile
+(a regular ``<id>.npz`` file or a folder, :func:`~.spool_names.valid_tile_id`) is handed to the daemon;
+anything else (symlinks, FIFOs, sockets, devices, other names, markers that are not regular files) becomes a
+candidate with a ``problem`` and goes to ``failed/`` with that reason (:meth:`Spool.quarantine`). An entry that
+cannot even be moved (no permission, a read-only or full disk) stays, is remembered and reported once, and is
+retried only when it changes or after ``unmovable_retry_s``. A marker whose tile is gone is removed.
 
 Exactly-once: results are written to a temp file, fsynced and renamed (``.jsonl`` last: it is the commit
 record, and each record carries the input's SHA-256) BEFORE the input is renamed into ``done/``. After a
 crash, an input still in ``incoming/`` whose ``results/<tile>.jsonl`` carries its hash is only moved; a
-different input under an existing tile id is a duplicate and fails. Tile ids match
-``[A-Za-z0-9][A-Za-z0-9._-]*`` without ``..``; every path written is built from a checked name and verified to
-lie in its spool folder.
+different input under an existing tile id is a duplicate and fails. Every path written is built from a checked
+name and verified to lie in its spool folder. When a spool folder is removed or replaced while running,
+:meth:`Spool.poll` raises :class:`SpoolGone` (the daemon exits and its service manager restarts it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
-import re
+import stat
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mosaic_edge.edge_runtime.spool_names import (
+    READY,
+    TMP_PREFIX,
+    escape,
+    numbered,
+    one_line,
+    quarantine_base,
+    sanitise,
+    temp_name,
+    tile_id_of,
+    valid_tile_id,
+)
+from mosaic_edge.edge_runtime.spool_scan import Candidate, IncomingScan, SpoolGone, signature
 from mosaic_edge.errors import UserError
 
+__all__ = ["DIRS", "DISK_FULL", "READY", "TMP_PREFIX", "Candidate", "IncomingWatcher", "Quarantine", "Spool",
+           "SpoolGone", "atomic_write", "fsync_dir", "sanitise", "tile_id_of", "valid_tile_id"]
+
 DIRS = ("incoming", "done", "failed", "results")
-READY = ".ready"
-TMP_PREFIX = ".tmp-"
-_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def tile_id_of(name: str) -> str:
-    return name[:-4] if name.endswith(".npz") else name
-
-
-def valid_tile_id(tile_id: str) -> bool:
-    """True for ids that are safe as file names in every spool folder."""
-    return bool(_ID.fullmatch(tile_id)) and ".." not in tile_id and not tile_id.endswith(READY)
-
-
-def sanitise(name: str) -> str:
-    """A safe file name derived from an untrusted one (for ``failed/``)."""
-    out = re.sub(r"[^A-Za-z0-9._-]", "_", name).replace("..", "__").lstrip(".-_")[:200]
-    return out or "unnamed"
 
 
 def fsync_dir(path: Path) -> None:
@@ -70,7 +75,7 @@ def atomic_write(path: Path, data: bytes, sync_dir: bool = True) -> None:
     ``sync_dir=False`` leaves the directory fsync (which makes the rename durable) to the caller, so a batch
     of files costs one directory sync.
     """
-    tmp = path.parent / f"{TMP_PREFIX}{path.name}-{uuid.uuid4().hex[:8]}"
+    tmp = path.parent / temp_name(path.name)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -88,93 +93,79 @@ def _write_no_dir_sync(path: Path, data: bytes) -> None:
     atomic_write(path, data, sync_dir=False)
 
 
-@dataclass
-class Candidate:
-    """An entry of ``incoming/`` that is ready to be taken."""
+@dataclass(frozen=True)
+class Quarantine:
+    """What :meth:`Spool.quarantine` did with an entry."""
 
-    name: str
-    path: Path
-    tile_id: str
-    marker: bool
-    age_s: float  # seconds since its files last changed
+    dest: str | None  # its name in failed/ (a reason was written), None when it stayed in incoming/
+    vanished: bool = False  # it was gone before it could be moved (only the reason is in failed/)
+    unmovable: str | None = None  # why it could not be moved: it stays, skipped until it changes
+    first_report: bool = False  # unmovable and not reported before
 
 
-class Spool:
-    """The four spool folders plus readiness tracking.
+class Spool(IncomingScan):
+    """The four spool folders, readiness tracking (:class:`~.spool_scan.IncomingScan`) and the moves.
 
     Args:
         root: Spool directory.
-        settle_s: Seconds without change after which an unmarked tile is ready.
+        settle_s: Seconds without change after which an unmarked entry is ready.
         writer: Function writing bytes atomically; directory syncs are done by :meth:`sync` (replaced in
             tests to simulate a full disk).
+        marker_grace_s: Age after which a ``.ready`` marker whose tile is absent is removed (default: the
+            larger of ``settle_s`` and 1 s, so a marker written just before its tile survives).
+        unmovable_retry_s: An entry that could not be moved is retried after this long (or when it changes).
     """
 
-    def __init__(self, root: str | Path, settle_s: float = 2.0, writer=_write_no_dir_sync):
+    def __init__(self, root: str | Path, settle_s: float = 2.0, writer=_write_no_dir_sync,
+                 marker_grace_s: float | None = None, unmovable_retry_s: float = 600.0):
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise UserError(f"spool {self.root} is not a directory")
-        for d in DIRS:
-            (self.root / d).mkdir(parents=True, exist_ok=True)
+        try:
+            for d in DIRS:
+                (self.root / d).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot create spool folders under {self.root}: {exc.strerror or exc}") from exc
         self.incoming, self.done, self.failed, self.results = (self.root / d for d in DIRS)
-        self.settle_s = settle_s
+        super().__init__(self.incoming, settle_s, marker_grace_s, unmovable_retry_s)
         self.writer = writer
-        self._seen: dict[str, tuple[tuple, float]] = {}
+        self._identity = self._identities()
+
+    # ---- the folders themselves ----------------------------------------------------------------------------
+    def _identities(self) -> dict[Path, tuple[int, int]]:
+        out = {}
+        for path in (self.root, *(self.root / d for d in DIRS)):
+            st = os.stat(path)
+            out[path] = (st.st_dev, st.st_ino)
+        return out
+
+    def check(self) -> None:
+        """Raise :class:`SpoolGone` when a spool folder was removed or replaced since start."""
+        for path, ident in self._identity.items():
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                raise SpoolGone(f"spool folder {path} is gone while running ({exc.strerror})") from exc
+            if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) != ident:
+                raise SpoolGone(f"spool folder {path} was replaced while running")
 
     # ---- readiness -----------------------------------------------------------------------------------------
-    def _signature(self, path: Path) -> tuple:
-        st = os.lstat(path)
-        sig = [(path.name, st.st_size, st.st_mtime_ns)]
-        if path.is_dir() and not path.is_symlink():
-            for root, dirs, files in os.walk(path):
-                for name in sorted(dirs + files):
-                    s = os.lstat(os.path.join(root, name))
-                    sig.append((name, s.st_size, s.st_mtime_ns))
-                if len(sig) > 1000:  # bounded work on hostile folders; the tile fails later anyway
-                    break
-        return tuple(sig)
-
     def poll(self, skip: set[str] | frozenset[str] = frozenset()) -> tuple[list[Candidate], int]:
-        """Return (ready candidates in arrival order, number of entries not yet settled)."""
+        """Return (ready candidates in arrival order, number of entries not yet settled).
+
+        Raises:
+            SpoolGone: ``incoming/`` (or another spool folder) was removed, replaced or cannot be listed.
+        """
+        self.check()
         now = time.monotonic()
         try:
-            names = os.listdir(self.incoming)
-        except FileNotFoundError:
-            return [], 0
-        present = set(names)
-        ready, pending = [], 0
-        for name in names:
-            if name.startswith(".") or name in skip:
-                continue
-            if name.endswith(READY):
-                if name[: -len(READY)] not in present:
-                    self._drop_stale_marker(name)
-                continue
-            path = self.incoming / name
-            try:
-                sig = self._signature(path)
-            except (FileNotFoundError, NotADirectoryError):
-                continue  # vanished between listdir and stat
-            old = self._seen.get(name)
-            if old is None or old[0] != sig:
-                self._seen[name] = (sig, now)
-            age = now - self._seen[name][1]
-            marker = name + READY in present
-            if marker or age >= self.settle_s:
-                ready.append(Candidate(name, path, tile_id_of(name), marker, age))
-            else:
-                pending += 1
-        for gone in set(self._seen) - present:
-            del self._seen[gone]
+            with os.scandir(self.incoming) as it:
+                present = {e.name for e in it}
+        except OSError as exc:
+            raise SpoolGone(f"cannot list {self.incoming}: {exc.strerror or exc}") from exc
+        ready, pending = self._scan_entries(present, skip, now)
         ready.sort(key=lambda c: -c.age_s)
         return ready, pending
-
-    def _drop_stale_marker(self, name: str) -> None:
-        # A marker whose tile is gone was left by a crash between the move and the marker's removal.
-        try:
-            if time.time() - os.lstat(self.incoming / name).st_mtime > max(self.settle_s, 1.0):
-                (self.incoming / name).unlink()
-        except FileNotFoundError:
-            pass
 
     # ---- outputs -------------------------------------------------------------------------------------------
     def _inside(self, folder: Path, name: str) -> Path:
@@ -215,41 +206,96 @@ class Spool:
         self.writer(self.result_path(tile_id), jsonl)
 
     def _remove_marker(self, name: str) -> None:
-        (self.incoming / (name + READY)).unlink(missing_ok=True)
+        # Only a regular file is a marker; a folder/FIFO/symlink so named is quarantined by the next scan, and a
+        # marker that cannot be removed (no permission) is dealt with there too.
+        marker = self.incoming / (name + READY)
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(marker).st_mode):
+                marker.unlink()
 
     def move_done(self, cand: Candidate, sync: bool = True) -> None:
         """Move an input whose results are durable into ``done/`` (``sync=False``: caller syncs later)."""
         dest = self._inside(self.done, cand.name)
         if dest.exists() or dest.is_symlink():
             raise FileExistsError(f"done/{cand.name} already exists")
+        if cand.signature and os.lstat(cand.path).st_ino != cand.signature[0][1]:
+            raise OSError(f"{escape(cand.name)} was replaced while being processed")
         os.rename(cand.path, dest)
         self._remove_marker(cand.name)
         if sync:
             self.sync("done", "incoming")
 
-    def move_failed(self, name: str, reason: str) -> str:
-        """Write ``failed/<name>.reason`` then move the input (if still there) into ``failed/``."""
-        base = sanitise(name)
-        dest_name, k = base, 0
-        while (self.failed / dest_name).exists() or (self.failed / (dest_name + ".reason")).exists():
+    def _free_failed_name(self, base: str) -> str:
+        k = 0
+        while True:
+            dest = numbered(base, k)
+            if not (os.path.lexists(self.failed / dest) or os.path.lexists(self.failed / (dest + ".reason"))):
+                return dest
             k += 1
-            dest_name = f"{base}.{k}"
-        line = " ".join(str(reason).split())[:500] + "\n"
-        self.writer(self._inside(self.failed, dest_name + ".reason"), line.encode("utf-8", "replace"))
+
+    def quarantine(self, name: str, reason: str) -> Quarantine:
+        """Write ``failed/<dest>.reason``, then move the entry (if still there) to ``failed/<dest>``.
+
+        ``dest`` is the entry's own name when safe, else :func:`~.spool_names.quarantine_base`; duplicates are
+        numbered. When the entry cannot be moved it stays in ``incoming/`` (its reason is withdrawn) and is
+        remembered, so later scans skip it until it changes.
+        """
         src = self.incoming / name
-        if src.parent == self.incoming and (src.exists() or src.is_symlink()):
-            os.rename(src, self._inside(self.failed, dest_name))  # renames a symlink itself, never its target
+        try:
+            if src.parent != self.incoming or name in ("", ".", ".."):
+                raise FileNotFoundError(name)  # not an entry of incoming/: only its reason is written
+            sig: tuple | None = signature(src)
+        except FileNotFoundError:
+            sig = None
+        except OSError as exc:
+            sig = (("error", exc.errno),)
+        base = quarantine_base(name)
+        line = one_line(reason)
+        if base != name:
+            line += f" [entry name: {escape(name)}]"
+        try:
+            dest = self._free_failed_name(base)
+            reason_path = self._inside(self.failed, dest + ".reason")
+            self.writer(reason_path, (line + "\n").encode("utf-8"))
+        except OSError as exc:
+            if sig is None:
+                raise
+            first = self.remember_unmovable(name, sig, f"cannot write its reason to failed/: {exc.strerror or exc}")
+            return Quarantine(None, unmovable=self.unmovable[name][1], first_report=first)
+        vanished = sig is None
+        if not vanished:
+            try:
+                os.rename(src, self.failed / dest)  # renames a symlink itself, never its target
+            except FileNotFoundError:
+                vanished = True
+            except OSError as exc:
+                reason_path.unlink(missing_ok=True)
+                assert sig is not None
+                first = self.remember_unmovable(name, sig, f"cannot move to failed/: {exc.strerror or exc}")
+                return Quarantine(None, unmovable=self.unmovable[name][1], first_report=first)
+        self.unmovable.pop(name, None)
         self._remove_marker(name)
-        fsync_dir(self.failed)
-        return dest_name
+        with contextlib.suppress(OSError):  # the move happened; only its durability across a power cut is in doubt
+            fsync_dir(self.failed)
+        return Quarantine(dest, vanished=vanished)
+
+    def move_failed(self, name: str, reason: str) -> str:
+        """:meth:`quarantine`, raising ``OSError`` when the entry cannot be moved; returns its failed/ name."""
+        q = self.quarantine(name, reason)
+        if q.dest is None:
+            raise OSError(q.unmovable)
+        return q.dest
 
     def recover(self) -> int:
         """Remove temp files left by a crash; return how many."""
         n = 0
         for folder in (self.results, self.failed):
             for p in folder.glob(TMP_PREFIX + "*"):
-                p.unlink(missing_ok=True)
-                n += 1
+                try:
+                    p.unlink()
+                    n += 1
+                except OSError:
+                    pass
         return n
 
 
@@ -270,10 +316,15 @@ class IncomingWatcher:
 
     def wait(self, seconds: float, stop: threading.Event) -> None:
         if self.ino is not None:
-            self.ino.read(timeout=int(max(seconds, 0.01) * 1000))
-        else:
-            stop.wait(seconds)
+            try:
+                self.ino.read(timeout=int(max(seconds, 0.01) * 1000))
+                return
+            except OSError:
+                self.close()  # polling from now on
+                self.ino = None
+        stop.wait(seconds)
 
     def close(self) -> None:
         if self.ino is not None:
-            self.ino.close()
+            with contextlib.suppress(OSError):
+                self.ino.close()

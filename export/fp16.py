@@ -9,34 +9,9 @@ sum of squares can exceed the fp16 range (65504) for un-normalised 128-d feature
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from mosaic_edge.calibration.trt_qdq import FP32_OPS, topological_sort
 from mosaic_edge.optional import require
-
-# Ops kept in fp32 on top of the converter's own default block list (see module docstring).
-FP32_OPS: tuple[str, ...] = ("ReduceL2", "ReduceSumSquare", "LpNormalization")
-
-
-def _topological_sort(graph: Any) -> None:
-    """Reorder ``graph.node`` in place so every node follows its producers.
-
-    The converter appends the input Casts at the end of the node list; onnxruntime sorts on load, but the ONNX
-    checker (and TensorRT's parser) require a sorted graph.
-    """
-    nodes = list(graph.node)
-    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    ordered, pending = [], nodes
-    while pending:
-        rest = [n for n in pending if not all(i in ready for i in n.input)]
-        done = [n for n in pending if all(i in ready for i in n.input)]
-        if not done:
-            raise ValueError(f"graph has a cycle or dangling inputs at {[n.name for n in rest[:3]]}")
-        for n in done:
-            ready.update(n.output)
-        ordered += done
-        pending = rest
-    del graph.node[:]
-    graph.node.extend(ordered)
 
 
 def convert_fp16(src: str | Path, dst: str | Path, keep_ops: tuple[str, ...] = FP32_OPS) -> Path:
@@ -55,7 +30,7 @@ def convert_fp16(src: str | Path, dst: str | Path, keep_ops: tuple[str, ...] = F
     proto = onnx.load(str(src))
     block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(keep_ops))
     half = float16.convert_float_to_float16(proto, keep_io_types=True, op_block_list=block)
-    _topological_sort(half.graph)
+    topological_sort(half.graph)
     onnx.checker.check_model(half, full_check=True)
     dst = Path(dst)
     onnx.save(half, str(dst))

@@ -1,10 +1,11 @@
 """The I/O contract: the single source of truth shared by training, export and the runtime.
 
-A :class:`Contract` names the model inputs (``sar`` [N,2,H,W], ``optical`` [N,12,H,W], float32, normalised), the
-band order, the per-band normalisation statistics and where they come from, the class names in order, per-class
-decision thresholds, the patch size and the model version/hash. Training writes it into the checkpoint, export
-copies it into ONNX ``metadata_props`` and ``manifest.json``, and the runtime refuses artefacts whose contract does
-not match the tiles it is given (:meth:`Contract.check_compatible`, :meth:`Contract.validate_batch`).
+A :class:`Contract` names the model inputs (``sar`` [N,2,H,W], ``optical`` [N,12,H,W], float32, standardised or
+in raw physical units standardised inside the graph: :attr:`Contract.input_form`), the band order, the per-band
+normalisation statistics and where they come from, the class names in order, per-class decision thresholds, the
+patch size and the model version/hash. Training writes it into the checkpoint, export copies it into ONNX
+``metadata_props`` and ``manifest.json``, and the runtime refuses artefacts whose contract does not match the tiles
+it is given (:meth:`Contract.check_compatible`, :meth:`Contract.validate_batch`).
 """
 
 from __future__ import annotations
@@ -90,6 +91,11 @@ OPTICAL_RANGE: tuple[float, float] = (0.0, 15000.0)
 METADATA_KEY = "mosaic_edge.contract"
 
 INPUT_NAMES: tuple[str, ...] = ("sar", "optical")
+# What the model's inputs hold. "standardised": clipped and standardised with the contract's statistics
+# (mosaic_edge.data.preprocess), non-finite and L2A no-data pixels at 0. "raw": physical units -- S1 in dB, S2
+# reflectance x 1e4, both float32, non-finite pixels already replaced by the band mean -- and the graph's
+# prologue does the clipping, standardisation and no-data masking (mosaic_edge.export.raw_inputs).
+INPUT_FORMS: tuple[str, ...] = ("standardised", "raw")
 # Fused logits, per-modality logits (the SAR head answers when optical is missing/cloudy), and both embeddings.
 OUTPUT_NAMES: tuple[str, ...] = ("logits", "logits_sar", "logits_optical", "emb_sar", "emb_optical")
 
@@ -135,6 +141,8 @@ class Contract:
         model_name: Architecture identifier (encoder registry names).
         model_hash: SHA-256 of the weights ("" until training writes it).
         version: mosaic-edge version that wrote the contract.
+        input_form: What the inputs hold, one of :data:`INPUT_FORMS` (training and checkpoints:
+            "standardised"; export writes "raw" artefacts by default).
     """
 
     classes: tuple[str, ...] = BENV2_CLASSES
@@ -157,6 +165,7 @@ class Contract:
     input_names: tuple[str, ...] = INPUT_NAMES
     output_names: tuple[str, ...] = OUTPUT_NAMES
     schema: int = field(default=SCHEMA_VERSION)
+    input_form: str = "standardised"
 
     def __post_init__(self) -> None:
         n = len(self.classes)
@@ -179,6 +188,8 @@ class Contract:
         if self.optical_product not in OPTICAL_PRODUCTS:
             raise ValueError(f"contract: optical_product must be one of {OPTICAL_PRODUCTS}, got "
                              f"{self.optical_product!r}")
+        if self.input_form not in INPUT_FORMS:
+            raise ValueError(f"contract: input_form must be one of {INPUT_FORMS}, got {self.input_form!r}")
 
     # ---- shapes -------------------------------------------------------------------------------------------
     @property
@@ -189,6 +200,13 @@ class Contract:
         """Input name -> shape ``(batch, channels, H, W)``."""
         p = self.patch_size
         return {"sar": (batch, len(self.sar_bands), p, p), "optical": (batch, len(self.optical_bands), p, p)}
+
+    def input_dtype(self, name: str) -> str:
+        """The dtype of input ``name``: float32 in both forms (TensorRT has no uint16 input type, and numpy's
+        uint16 -> float32 cast is cheap where uint16 -> float16 is not)."""
+        if name not in self.input_names:
+            raise KeyError(name)
+        return "float32"
 
     def decide(self, logits: np.ndarray) -> np.ndarray:
         """Boolean ``[N, C]`` decisions of ``logits`` at this contract's thresholds (:func:`decide`)."""
@@ -214,8 +232,9 @@ class Contract:
             if name not in batch:
                 continue
             arr = batch[name]
-            if str(arr.dtype) != "float32":
-                problems.append(f"{name} dtype {arr.dtype}, contract says float32")
+            if str(arr.dtype) != self.input_dtype(name):
+                problems.append(f"{name} dtype {arr.dtype}, contract says {self.input_dtype(name)} "
+                                f"({self.input_form} inputs)")
             if arr.ndim != 4 or tuple(arr.shape[1:]) != want[1:]:
                 problems.append(f"{name} shape {tuple(arr.shape)}, contract says {want}")
             elif arr.shape[0] < 1:
@@ -233,6 +252,7 @@ class Contract:
     _INTERFACE_FIELDS = (
         "classes", "patch_size", "sar_bands", "optical_bands", "sar_mean", "sar_std", "optical_mean",
         "optical_std", "sar_db_range", "optical_range", "optical_product", "input_names", "output_names",
+        "input_form",
     )
 
     def diff(self, other: Contract, fields: tuple[str, ...] | None = None) -> list[str]:
@@ -240,7 +260,9 @@ class Contract:
         out = []
         for name in fields or self._INTERFACE_FIELDS:
             a, b = getattr(self, name), getattr(other, name)
-            if a != b:
+            if a != b and name == "input_form":
+                out.append(f"input form: {a} inputs expected, the other takes {b} inputs")
+            elif a != b:
                 if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
                     idx = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
                     out.append(f"{name} differs at positions {idx[:5]}: {[a[i] for i in idx[:3]]} vs "

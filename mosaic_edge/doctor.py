@@ -11,19 +11,13 @@ import json
 import os
 import platform
 import subprocess
-from pathlib import Path
 from typing import Any
 
-_JETSON_MODEL = Path("/proc/device-tree/model")
-_JETPACK_RELEASE = Path("/etc/nv_tegra_release")
+from mosaic_edge import environment
 
 
 def _version(module: str) -> str | None:
-    try:
-        mod = importlib.import_module(module)
-    except Exception:  # noqa: BLE001 - absent or broken: report as missing
-        return None
-    return str(getattr(mod, "__version__", "installed"))
+    return environment.module_version(module)
 
 
 def _torch_info() -> dict[str, Any]:
@@ -57,18 +51,68 @@ def _nvidia_smi_gpu() -> str | None:
     return out.stdout.strip().splitlines()[0] if out.stdout.strip() else None
 
 
-def _jetson_info() -> dict[str, Any] | None:
-    if not _JETSON_MODEL.exists():
-        return None
-    info: dict[str, Any] = {"model": _JETSON_MODEL.read_text(errors="replace").strip("\x00\n ")}
-    if _JETPACK_RELEASE.exists():
-        info["l4t_release"] = _JETPACK_RELEASE.read_text(errors="replace").splitlines()[0]
+def _cuda_text(version: int | None) -> str | None:
+    return None if not version else f"{version // 1000}.{(version % 1000) // 10}"
+
+
+def _libcuda_driver_version() -> int | None:
+    """``cuDriverGetVersion`` straight from libcuda (no bindings needed); None without a driver."""
+    import ctypes
+
     try:
-        q = subprocess.run(["nvpmodel", "-q"], capture_output=True, text=True, timeout=5, check=False)
-        info["power_mode"] = " ".join(q.stdout.split())
-    except (OSError, subprocess.SubprocessError):
-        info["power_mode"] = None
+        lib = ctypes.CDLL("libcuda.so.1")
+        out = ctypes.c_int(0)
+        return int(out.value) if lib.cuDriverGetVersion(ctypes.byref(out)) == 0 and out.value else None
+    except (OSError, AttributeError):
+        return None
+
+
+def _cuda_info() -> dict[str, Any]:
+    """CUDA driver version and the CUDA runtime each installed binding needs, with a warning on a mismatch.
+
+    cuda-python's bindings link a CUDA runtime (``cudaRuntimeGetVersion``); pycuda was built against one
+    (``get_version``). A driver older than that runtime cannot run it (cuda-python 13 needs a CUDA 13 driver;
+    JetPack 6 ships CUDA 12), so ``doctor`` says so next to the install line that fits.
+    """
+    info: dict[str, Any] = {"driver": None, "bindings": {}, "warnings": []}
+    driver = None
+    for module in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            rt = importlib.import_module(module)
+            err, runtime = rt.cudaRuntimeGetVersion()
+            derr, drv = rt.cudaDriverGetVersion()
+        except Exception:  # noqa: BLE001 - absent or broken bindings: try the next layout
+            continue
+        version = _version("cuda.bindings") or _version("cuda")
+        info["bindings"]["cuda-python"] = {"version": version, "module": module,
+                                           "runtime": _cuda_text(int(runtime)) if int(err) == 0 else None}
+        if int(derr) == 0 and int(drv):
+            driver = int(drv)
+        if int(err) == 0:
+            info["bindings"]["cuda-python"]["runtime_int"] = int(runtime)
+        break
+    try:
+        pycuda = importlib.import_module("pycuda.driver")
+        built = tuple(pycuda.get_version()) + (0, 0)
+        info["bindings"]["pycuda"] = {"version": _version("pycuda"), "runtime": f"{built[0]}.{built[1]}",
+                                      "runtime_int": int(built[0]) * 1000 + int(built[1]) * 10}
+        driver = driver or int(pycuda.get_driver_version()) or None
+    except Exception:  # noqa: BLE001
+        pass
+    driver = driver or _libcuda_driver_version()
+    info["driver"] = _cuda_text(driver)
+    for name, b in info["bindings"].items():
+        need = b.pop("runtime_int", None)
+        if driver and need and driver < need:
+            fix = ("pip install 'cuda-python>=12.2,<13' (the CUDA 12 bindings; pick the minor of your JetPack)"
+                   if name == "cuda-python" else "rebuild pycuda against the installed CUDA")
+            info["warnings"].append(f"{name} needs CUDA runtime {b['runtime']} but the driver supports "
+                                    f"{_cuda_text(driver)}: {fix}")
     return info
+
+
+def _jetson_info() -> dict[str, Any] | None:
+    return environment.jetson_info(with_clocks=False)
 
 
 def collect() -> dict[str, Any]:
@@ -87,7 +131,8 @@ def collect() -> dict[str, Any]:
         "onnxruntime": _ort_info(),
         "tensorrt": _version("tensorrt"),
         "pycuda": _version("pycuda"),
-        "cuda_python": _version("cuda.bindings"),
+        "cuda_python": _version("cuda.bindings") or _version("cuda"),
+        "cuda": _cuda_info(),
         "modelopt": _version("modelopt"),
         "gpu": _nvidia_smi_gpu(),
         "jetson": _jetson_info(),
@@ -100,7 +145,11 @@ def render(info: dict[str, Any], as_json: bool = False) -> str:
         return json.dumps(info, indent=2, sort_keys=True)
     lines = []
     for key, value in info.items():
-        if isinstance(value, dict):
+        if key == "cuda" and isinstance(value, dict):
+            need = ", ".join(f"{n} {b['version']} needs runtime {b['runtime']}" for n, b in value["bindings"].items())
+            value = f"driver {value['driver'] or 'missing'}" + (f"; {need}" if need else "")
+        elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         lines.append(f"{key:>12}: {'missing' if value is None else value}")
+    lines += [f"     WARNING: {w}" for w in (info.get("cuda") or {}).get("warnings", [])]
     return "\n".join(lines)

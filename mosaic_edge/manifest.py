@@ -1,16 +1,23 @@
 """``manifest.json``: what an export directory holds, which target each model is for, every file's SHA-256.
 
 Core module (JSON + the contract; no torch, onnx or onnxruntime), because the runtime on the device picks and
-verifies its artefact with it. Layout (schema 1)::
+verifies its artefact with it. Layout (schema 2)::
 
-    {"schema": 1, "mosaic_edge_version": "...", "created": "2026-...Z", "contract": {...Contract dict...},
+    {"schema": 2, "mosaic_edge_version": "...", "created": "2026-...Z", "contract": {...Contract dict...},
      "artefacts": {"model.onnx": {"sha256": "...", "precision": "fp32", "target": "any", "opset": 17,
-                                  "inputs": {"sar": ["N", 2, 120, 120], ...}, "outputs": ["logits", ...],
-                                  "notes": {...}}, ...},
-     "files": {"calib.npz": {"sha256": "...", "kind": "calibration-set"}, ...}}
+                                  "inputs": {"sar": ["N", 2, 120, 120], ...},
+                                  "input_dtypes": {"sar": "float32", ...}, "outputs": ["logits", ...],
+                                  "notes": {...}},
+                   "model.int8.onnx": {..., "calibrated_ranges": {"<tensor>": [lo, hi], ...},
+                                       "fallback": {"margin_logit": 1.7, "margin_space": "logit", ...}}, ...},
+     "files": {"calib.npz": {"sha256": "...", "kind": "calibration-set"}, ...},
+     "calibration": {"envelope": {...Envelope dict...}, "sources": [{"source": ..., "drawn": ...}], ...}}
 
 ``artefacts`` lists only models; ``files`` lists the other outputs (calibration set, TensorRT cache, report)
-so a copy to the device can be verified as a whole.
+so a copy to the device can be verified as a whole. The INT8 safety net (DESIGN.md) reads three things: the
+calibration envelope (:attr:`Manifest.envelope`, per-band input quantiles in raw units and the drift rule),
+each INT8 artefact's borderline-fallback policy (:meth:`Manifest.fallback_policy`) and the artefact that
+re-runs its windows (:meth:`Manifest.fallback_for`). Schema 1 manifests (no safety net) still load.
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from mosaic_edge.contract import Contract, sha256_file
+from mosaic_edge.envelope import Envelope
 from mosaic_edge.errors import UserError
+from mosaic_edge.fallback import FallbackPolicy
 from mosaic_edge.version import __version__
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_SCHEMA = 1
+MANIFEST_SCHEMA = 2
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 # "any": plain ONNX any backend can run; "tensorrt": Q/DQ INT8 with symmetric activations as TensorRT
 # requires (runs in ONNX Runtime CPU too, but slower than fp32); "cpu": INT8 with asymmetric uint8
@@ -59,8 +68,12 @@ class Artefact:
         target: "any", "tensorrt" or "cpu" (see :data:`TARGETS`).
         opset: ONNX default-domain opset, or None for non-ONNX files.
         inputs: Input name -> shape (``"N"`` marks the dynamic batch).
+        input_dtypes: Input name -> numpy dtype name (empty in manifests written before it was recorded); what
+            the inputs hold is the contract's ``input_form``.
         outputs: Output names in graph order.
         notes: Free-form primitives (calibration method, quantizer, parity numbers).
+        calibrated_ranges: INT8 only: quantized tensor -> (lowest, highest) value its Q/DQ pair represents.
+        fallback: INT8 only: when the runtime re-runs a window at higher precision.
     """
 
     name: str
@@ -69,8 +82,11 @@ class Artefact:
     target: str
     opset: int | None = None
     inputs: Mapping[str, list[Any]] = field(default_factory=dict)
+    input_dtypes: Mapping[str, str] = field(default_factory=dict)
     outputs: tuple[str, ...] = ()
     notes: Mapping[str, Any] = field(default_factory=dict)
+    calibrated_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    fallback: FallbackPolicy | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -79,17 +95,26 @@ class Artefact:
             raise ValueError(f"artefact {self.name}: target {self.target!r} not in {TARGETS}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"sha256": self.sha256, "precision": self.precision, "target": self.target,
-                "opset": self.opset,
-                "inputs": {k: list(v) for k, v in self.inputs.items()}, "outputs": list(self.outputs),
-                "notes": dict(self.notes)}
+        out = {"sha256": self.sha256, "precision": self.precision, "target": self.target,
+               "opset": self.opset,
+               "inputs": {k: list(v) for k, v in self.inputs.items()}, "input_dtypes": dict(self.input_dtypes),
+               "outputs": list(self.outputs), "notes": dict(self.notes)}
+        if self.calibrated_ranges:
+            out["calibrated_ranges"] = {k: [float(lo), float(hi)] for k, (lo, hi) in self.calibrated_ranges.items()}
+        if self.fallback is not None:
+            out["fallback"] = self.fallback.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any]) -> Artefact:
+        fallback = data.get("fallback")
         return cls(name=name, sha256=str(data["sha256"]), precision=str(data["precision"]),
                    target=str(data.get("target", "any")), opset=data.get("opset"),
-                   inputs=dict(data.get("inputs", {})), outputs=tuple(data.get("outputs", ())),
-                   notes=dict(data.get("notes", {})))
+                   inputs=dict(data.get("inputs", {})), input_dtypes=dict(data.get("input_dtypes", {})),
+                   outputs=tuple(data.get("outputs", ())), notes=dict(data.get("notes", {})),
+                   calibrated_ranges={k: (float(v[0]), float(v[1]))
+                                      for k, v in dict(data.get("calibrated_ranges", {})).items()},
+                   fallback=FallbackPolicy.from_dict(fallback) if fallback is not None else None)
 
 
 @dataclass(frozen=True)
@@ -102,6 +127,8 @@ class Manifest:
         files: File name -> ``{"sha256", "kind"}`` for the non-model outputs.
         created: UTC ISO-8601 time of the export.
         mosaic_edge_version: Version that wrote it.
+        envelope: Calibration envelope of the INT8 artefacts (None: no INT8, or a schema 1 manifest).
+        calibration: Where the calibration set came from (primitives: sources, patches per source, method).
         root: Directory the file names are relative to (not serialised).
     """
 
@@ -110,6 +137,8 @@ class Manifest:
     files: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     created: str = ""
     mosaic_edge_version: str = __version__
+    envelope: Envelope | None = None
+    calibration: Mapping[str, Any] = field(default_factory=dict)
     root: Path | None = None
 
     @classmethod
@@ -134,13 +163,19 @@ class Manifest:
         entry = {"sha256": sha256_file(self._path(name)), "kind": kind}
         return replace(self, files={**self.files, name: entry})
 
+    def with_calibration(self, envelope: Envelope | None, info: Mapping[str, Any]) -> Manifest:
+        """A copy carrying the calibration envelope and where the calibration set came from."""
+        return replace(self, envelope=envelope, calibration=dict(info))
+
     # ---- (de)serialisation ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"schema": MANIFEST_SCHEMA, "mosaic_edge_version": self.mosaic_edge_version,
                 "created": self.created,
                 "contract": self.contract.to_dict(),
                 "artefacts": {n: a.to_dict() for n, a in sorted(self.artefacts.items())},
-                "files": {n: dict(f) for n, f in sorted(self.files.items())}}
+                "files": {n: dict(f) for n, f in sorted(self.files.items())},
+                "calibration": {**dict(self.calibration),
+                                "envelope": self.envelope.to_dict() if self.envelope else None}}
 
     def save(self, root: str | Path | None = None) -> Path:
         """Write ``manifest.json`` atomically into ``root`` (default :attr:`root`); return its path."""
@@ -168,11 +203,15 @@ class Manifest:
         try:
             contract = Contract.from_dict(data["contract"])
             artefacts = {n: Artefact.from_dict(n, a) for n, a in data["artefacts"].items()}
+            calibration = dict(data.get("calibration") or {})  # schema 1: none
+            env = calibration.pop("envelope", None)
+            envelope = Envelope.from_dict(env) if env else None
         except (KeyError, TypeError, ValueError) as exc:
             raise ManifestError(f"{file}: malformed manifest: {exc}") from exc
         return cls(contract=contract, artefacts=artefacts, files=dict(data.get("files", {})),
                    created=str(data.get("created", "")),
-                   mosaic_edge_version=str(data.get("mosaic_edge_version", "")), root=file.parent)
+                   mosaic_edge_version=str(data.get("mosaic_edge_version", "")), envelope=envelope,
+                   calibration=calibration, root=file.parent)
 
     # ---- use -----------------------------------------------------------------------------------------------
     def artefact_for(self, target: str, precision: str) -> Path:
@@ -193,6 +232,23 @@ class Manifest:
                     return self._path(name)
         offered = sorted(f"{n} ({a.precision}, {a.target})" for n, a in self.artefacts.items())
         raise ManifestError(f"no {precision} artefact for target {target!r}; the manifest offers {offered}")
+
+    def fallback_policy(self, artefact: str | Path) -> FallbackPolicy | None:
+        """The borderline-fallback policy of INT8 ``artefact`` (a name or path), None when it has none."""
+        art = self.artefacts.get(Path(artefact).name)
+        if art is None:
+            raise ManifestError(f"{Path(artefact).name} is not listed in the manifest")
+        return art.fallback
+
+    def fallback_for(self, target: str) -> Path | None:
+        """The artefact re-running an INT8 artefact's windows on ``target``: fp16 for TensorRT when present,
+        else fp32; None when neither is listed."""
+        for precision in (("fp16", "fp32") if target == "tensorrt" else ("fp32",)):
+            try:
+                return self.artefact_for(target, precision)
+            except ManifestError:
+                continue
+        return None
 
     def verify(self, path: str | Path | None = None) -> list[Path]:
         """Check SHA-256 of one listed file (``path``) or of every listed file; return the paths checked.

@@ -26,6 +26,7 @@ _KNOWN: dict[str, tuple[str, str]] = {
     "cuda": ("cuda-python", "trt"),
     "modelopt": ("nvidia-modelopt", "export"),
     "inotify_simple": ("inotify-simple", "runtime"),
+    "deflate": ("deflate", "runtime"),
 }
 
 _JETPACK_HINT = (

@@ -16,28 +16,30 @@ def _ints(text: str) -> tuple[int, ...]:
         raise UserError(f"--batch wants comma-separated integers like 1,4,16, got {text!r}") from exc
 
 
+def profile(
+    model: Path = typer.Argument(..., help="Export directory (manifest.json) or one .onnx file."),
+    runner: str = typer.Option("ort", "--runner", help="trt, ort or auto."),
+    batch: str = typer.Option("1,4,16", "--batch", help="Batch sizes (tiles) to sweep, comma-separated."),
+    precision: str = typer.Option("fp32", "--precision",
+                                  help="Artefact precisions side by side, e.g. fp32,fp16,int8."),
+    iterations: int = typer.Option(50, "--iterations", help="Timed batches per configuration."),
+    warmup: int = typer.Option(5, "--warmup", help="Untimed batches before timing."),
+    rounds: int = typer.Option(5, "--rounds", help="Interleave the configurations in this many rounds."),
+    tiles: Path | None = typer.Option(None, "--tiles", help="Folder of tiles (default: synthetic)."),
+    threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
+    out: Path = typer.Option(Path("profile"), "--out", help="Writes profile.json and profile.png here."),
+) -> None:
+    """Per-stage latency (p50 and p10-p90) and throughput of the runtime, per precision and batch size."""
+    from mosaic_edge.edge_runtime.profile_run import ProfileConfig, profile_to_dir
+
+    config = ProfileConfig(model=model, runner=runner, batches=_ints(batch),
+                           precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
+                           iterations=iterations, warmup=warmup, rounds=rounds, tiles=tiles, threads=threads)
+    _doc, table = profile_to_dir(config, out)
+    typer.echo(table)
+    typer.echo(f"wrote {out / 'profile.json'}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this stage's commands to ``app``."""
-
-    @app.command()
-    def profile(
-        model: Path = typer.Argument(..., help="Export directory (manifest.json) or one .onnx file."),
-        runner: str = typer.Option("ort", "--runner", help="trt, ort or auto."),
-        batch: str = typer.Option("1,4,16", "--batch", help="Batch sizes (tiles) to sweep, comma-separated."),
-        precision: str = typer.Option("fp32", "--precision",
-                                      help="Artefact precisions side by side, e.g. fp32,fp16,int8."),
-        iterations: int = typer.Option(50, "--iterations", help="Timed batches per configuration."),
-        warmup: int = typer.Option(5, "--warmup", help="Untimed batches before timing."),
-        tiles: Path | None = typer.Option(None, "--tiles", help="Folder of tiles (default: synthetic)."),
-        threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
-        out: Path = typer.Option(Path("profile"), "--out", help="Writes profile.json and profile.png here."),
-    ) -> None:
-        """Per-stage latency (p50/p90/p99) and throughput of the runtime, per precision and batch size."""
-        from mosaic_edge.edge_runtime.profiling import ProfileConfig, profile_to_dir
-
-        config = ProfileConfig(model=model, runner=runner, batches=_ints(batch),
-                               precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
-                               iterations=iterations, warmup=warmup, tiles=tiles, threads=threads)
-        _doc, table = profile_to_dir(config, out)
-        typer.echo(table)
-        typer.echo(f"wrote {out / 'profile.json'}")
+    app.command(name="profile")(profile)

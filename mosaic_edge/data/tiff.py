@@ -16,13 +16,17 @@ large) raises :class:`~mosaic_edge.errors.DataError` naming the file. Image dime
 
 from __future__ import annotations
 
-import os
+import io
+import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
 
+from mosaic_edge.data import tiff_fast
 from mosaic_edge.errors import DataError
 
 # A BigEarthNet patch has 14 400 pixels and a full S2 tile ~120 M; 100 M pixels (per band) covers any tile
@@ -64,21 +68,21 @@ class GeoInfo:
         return int(self.crs.split(":")[1]) if self.crs and self.crs.upper().startswith("EPSG:") else None
 
 
-def _parse_geo(page: tifffile.TiffPage) -> GeoInfo | None:
-    tags = page.tags
+def _parse_geo(tags: Mapping[int, Any]) -> GeoInfo | None:
+    """Georeferencing from a page's tag values (tag code -> value)."""
     keys: dict[int, int] = {}
     if _GEOKEYS in tags:
-        gk = [int(v) for v in tags[_GEOKEYS].value]
+        gk = [int(v) for v in tags[_GEOKEYS]]
         for i in range(gk[3]):
             key, loc, _count, value = gk[4 + 4 * i : 8 + 4 * i]
             if loc == 0:  # value stored inline (short); other locations hold strings/doubles we do not need
                 keys[key] = value
     if _TRANSFORMATION in tags:
-        m = [float(v) for v in tags[_TRANSFORMATION].value]
+        m = [float(v) for v in tags[_TRANSFORMATION]]
         transform: tuple[float, ...] = (m[0], m[1], m[3], m[4], m[5], m[7])
     elif _PIXEL_SCALE in tags and _TIEPOINT in tags:
-        sx, sy = (float(v) for v in tags[_PIXEL_SCALE].value[:2])
-        col, row, _k, x, y = (float(v) for v in tags[_TIEPOINT].value[:5])
+        sx, sy = (float(v) for v in tags[_PIXEL_SCALE][:2])
+        col, row, _k, x, y = (float(v) for v in tags[_TIEPOINT][:5])
         transform = (sx, 0.0, x - col * sx, 0.0, -sy, y + row * sy)
     else:
         return None
@@ -91,9 +95,8 @@ def _parse_geo(page: tifffile.TiffPage) -> GeoInfo | None:
     return GeoInfo(transform=tuple(transform), crs=crs)  # type: ignore[arg-type]
 
 
-def _check_extent(path: Path, tif: tifffile.TiffFile) -> None:
+def _check_extent(path: str, size: int, tif: tifffile.TiffFile) -> None:
     """Refuse files whose strips/tiles point past the end of the file (truncated downloads)."""
-    size = os.path.getsize(path)
     for page in tif.pages:
         offsets, counts = page.dataoffsets, page.databytecounts
         if offsets and max(o + n for o, n in zip(offsets, counts, strict=False)) > size:
@@ -117,25 +120,46 @@ def read_tiff(path: str | Path, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarra
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file (0 bytes)")
     try:
-        with tifffile.TiffFile(path) as tif:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: no such file") from exc
+    return decode_tiff(data, str(path), max_pixels)
+
+
+def decode_tiff(data: Any, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, GeoInfo | None]:
+    """:func:`read_tiff` of a file's bytes already in memory (any bytes-like; ``name`` goes into messages).
+
+    The common layouts are decoded by :mod:`mosaic_edge.data.tiff_fast`, everything else by tifffile.
+    """
+    if len(data) == 0:
+        raise DataError(f"{name}: empty file (0 bytes)")
+    try:
+        fast = tiff_fast.decode(data, name, max_pixels)
+        if fast is not None:
+            array, tags = fast
+            return array, _parse_geo(tags)
+    except DataError:
+        raise
+    except (struct.error, ValueError, IndexError, TypeError, OverflowError) as exc:
+        raise DataError(f"{name}: unreadable TIFF ({type(exc).__name__}: {exc})") from exc
+    try:
+        with tifffile.TiffFile(io.BytesIO(bytes(data)), name=name) as tif:
             if not tif.series:
-                raise DataError(f"{path}: TIFF holds no image")
+                raise DataError(f"{name}: TIFF holds no image")
             series = tif.series[0]
             shape, axes = tuple(series.shape), series.axes
             h, w = shape[axes.index("Y")], shape[axes.index("X")]
             if h * w > max_pixels or int(np.prod(shape)) > 16 * max_pixels:
-                raise DataError(f"{path}: image of shape {shape} exceeds the {max_pixels}-pixel limit")
-            _check_extent(path, tif)
+                raise DataError(f"{name}: image of shape {shape} exceeds the {max_pixels}-pixel limit")
+            _check_extent(name, len(data), tif)
             page = tif.pages[0]
-            geo = _parse_geo(page)
+            geo = _parse_geo({tag.code: tag.value for tag in page.tags.values()})
             array = series.asarray()
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - tifffile raises many types (struct, zlib, ValueError...) on bad files
-        raise DataError(f"{path}: unreadable TIFF ({type(exc).__name__}: {exc})") from exc
+        raise DataError(f"{name}: unreadable TIFF ({type(exc).__name__}: {exc})") from exc
     if array.ndim == 3 and axes.endswith("S"):
         array = np.moveaxis(array, -1, 0)
     elif array.ndim > 3:

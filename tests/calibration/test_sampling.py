@@ -10,8 +10,10 @@ import pytest
 
 from mosaic_edge.calibration.sampling import (
     SamplingConfig,
+    sample_across_sources,
     sample_calibration_set,
     select_calibration_indices,
+    source_quotas,
 )
 from mosaic_edge.contract import BENV2_CLASSES, S2_BANDS, Contract
 from mosaic_edge.data.base import PatchDataset, RawPatch
@@ -151,3 +153,25 @@ def test_size_must_be_positive(size: int) -> None:
 
     with pytest.raises(UserError):
         sample_calibration_set(FakeSource(n=20), _contract(), size=size)
+
+
+def test_quotas_split_evenly_and_pass_a_small_sources_surplus_on() -> None:
+    assert source_quotas([100, 100], 64) == [32, 32]
+    assert source_quotas([10, 100, 100], 64) == [10, 27, 27]
+    assert source_quotas([10, 5], 64) == [10, 5]
+    assert sum(source_quotas([3, 50, 7, 1000], 101)) == 101
+
+
+def test_set_is_drawn_across_sources_and_says_how_many_from_each() -> None:
+    contract = Contract(patch_size=P)
+    small, big = FakeSource(n=12, seed=1), FakeSource(n=200, seed=2)
+    calib, draws = sample_across_sources([("small", small), ("big", big)], contract, size=40, seed=3)
+    assert [(d.source, d.available, d.drawn) for d in draws] == [("small", 12, 12), ("big", 200, 28)]
+    assert len(calib["sar"]) == 40 and calib["optical"].shape == (40, 12, P, P) and len(calib["id"]) == 40
+    assert sorted(calib["id"][:12]) == sorted(small.ids)  # the whole small source
+    again, _ = sample_across_sources([("small", small), ("big", big)], contract, size=40, seed=3)
+    np.testing.assert_array_equal(again["id"], calib["id"])  # seeded
+    other, _ = sample_across_sources([("small", small), ("big", big)], contract, size=40, seed=4)
+    assert list(other["id"][12:]) != list(calib["id"][12:])
+    with pytest.raises(Exception, match="empty"):
+        sample_across_sources([("none", FakeSource(n=0))], contract, size=4)

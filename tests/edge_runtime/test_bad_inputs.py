@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from mosaic_edge.edge_runtime import tiles as tiles_mod
+from mosaic_edge import tile_format as tiles_mod
 from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
 from mosaic_edge.edge_runtime.runner import open_runner
 from mosaic_edge.edge_runtime.spool import valid_tile_id
@@ -136,19 +136,20 @@ def _wait(pred, timeout=30.0):
         time.sleep(0.05)
 
 
-def test_bad_tiles_fail_with_reasons_while_serving(tmp_path, tiny_onnx, monkeypatch):
+@pytest.mark.parametrize("readers", [1, 3])
+def test_bad_tiles_fail_with_reasons_while_serving(tmp_path, tiny_onnx, monkeypatch, readers):
     spool = tmp_path / "spool"
     inc = spool / "incoming"
     inc.mkdir(parents=True)
-    real_read = tiles_mod.read_tiff
+    real_read = tiles_mod._read_file
 
     def vanishing_read(path, *a, **kw):
         if Path(path).parent.name == "vanish" and Path(path).parent.exists():
             shutil.rmtree(Path(path).parent)  # the writer deletes the tile while we read it
         return real_read(path, *a, **kw)
 
-    monkeypatch.setattr(tiles_mod, "read_tiff", vanishing_read)
-    cfg = ServeConfig(settle_s=0.2, poll_s=0.05, max_wait_ms=5, partner_timeout_s=0.5)
+    monkeypatch.setattr(tiles_mod, "_read_file", vanishing_read)
+    cfg = ServeConfig(settle_s=0.2, poll_s=0.05, max_wait_ms=5, partner_timeout_s=0.5, readers=readers)
     daemon = Daemon(open_runner(tiny_onnx, kind="ort", threads=1), spool, cfg)
     thread = threading.Thread(target=daemon.run)
     thread.start()

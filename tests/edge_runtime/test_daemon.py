@@ -34,9 +34,14 @@ N_BENV2 = 3
 
 
 def _direct_scores(model: Path, contract, sar, optical, head="logits") -> np.ndarray:
-    pre = preprocess(sar, optical, contract, size=sar.shape[-2:] if isinstance(sar, np.ndarray) else None)
+    """Scores of one patch from a direct runner call, the inputs prepared by hand in the model's input form."""
+    if contract.input_form == "raw":  # physical units; the graph standardises
+        inputs = {"sar": np.asarray(sar, np.float32)[None], "optical": np.asarray(optical, np.float32)[None]}
+    else:
+        pre = preprocess(sar, optical, contract, size=sar.shape[-2:] if isinstance(sar, np.ndarray) else None)
+        inputs = {"sar": pre.sar[None], "optical": pre.optical[None]}
     with OnnxRuntimeRunner(model) as r:
-        out = r.infer({"sar": pre.sar[None], "optical": pre.optical[None]})
+        out = r.infer(inputs)
     return expit(out[head][0].astype(np.float64))
 
 
@@ -75,7 +80,7 @@ def test_end_to_end_synthetic_and_real_tiles(tmp_path, tiny_onnx, contract, benv
         np.testing.assert_allclose([rec["scores"][c] for c in contract.classes], want, atol=2e-6)
         assert rec["head"] == "fused" and rec["window"] == {"row": 0, "col": 0, "height": 16, "width": 16}
         assert len(rec["model_hash"]) == 64 and rec["runner"] == "ort"
-        assert set(rec["timings_ms"]) >= {"read", "preprocess", "queue", "infer"}
+        assert set(rec["timings_ms"]) >= {"read", "verify", "prepare", "cut", "queue", "infer"}
     (rec,) = res["saronly"]
     sar, _ = raw_tile(16, 16, 10)
     want = _direct_scores(tiny_onnx, contract, sar, np.zeros((12, 16, 16), np.float32), "logits_sar")
@@ -246,6 +251,7 @@ def test_real_exported_model_serves_benv2_tiles(tmp_path, real_tiny_export, benv
     assert len(res["real"]) == 25 and len(res["syn"]) == 1
     runner = open_runner(real_tiny_export, kind="ort", device="cpu")
     assert runner.model_path.name == "model.onnx" and res["syn"][0]["model_hash"] == runner.model_hash
+    assert runner.contract.input_form == "raw"  # exports standardise in the graph by default
     sar, opt = raw_tile(24, 24, 4)
     want = _direct_scores(runner.model_path, runner.contract, sar, opt)
     got = [res["syn"][0]["scores"][c] for c in runner.contract.classes]
@@ -287,3 +293,47 @@ def test_new_tiles_are_noticed_with_inotify_or_polling(tmp_path, tiny_onnx, monk
         daemon.stop()
         thread.join(30)
     assert set(read_results(spool)) == {"late", "marked"}
+
+
+def test_raw_and_standardised_exports_of_one_model_give_the_same_results(tmp_path, real_tiny_export, benv2_root):
+    """The host hands each artefact the form its contract names; a raw export answers like the standardised one."""
+    import shutil
+
+    from mosaic_edge.export.raw_inputs import standardised_names
+    from mosaic_edge.manifest import Manifest
+
+    std = tmp_path / "std"
+    shutil.copytree(real_tiny_export, std)
+    manifest = Manifest.load(std)
+    onnx = pytest.importorskip("onnx")
+    proto = onnx.load(str(std / "model.onnx"))  # strip the prologue: the graph as export checked it
+    inner = standardised_names(manifest.contract)
+    keep = [n for n in proto.graph.node if not n.name.startswith("raw_inputs/")]
+    for node in keep:
+        for i, name in enumerate(node.input):
+            node.input[i] = next((k for k, v in inner.items() if v == name), name)
+    del proto.graph.node[:]
+    proto.graph.node.extend(keep)
+    from mosaic_edge.export.onnx_export import set_contract_metadata
+
+    set_contract_metadata(proto, manifest.contract.replace(input_form="standardised"))
+    onnx.save(proto, str(std / "model.onnx"))
+    Manifest.create(manifest.contract.replace(input_form="standardised"), std).with_artefact(
+        "model.onnx", "fp32", "any").save()
+    results = {}
+    for name, model in (("raw", real_tiny_export), ("std", std)):
+        spool = tmp_path / f"spool-{name}"
+        copy_benv2_tile(benv2_root, 3, spool / "incoming" / "real")
+        sar, opt = raw_tile(48, 48, 9)
+        sar[0, 5, 5] = np.nan
+        opt[:, 7, 7] = 0
+        from mosaic_edge.tile_format import write_tile
+
+        write_tile(spool / "incoming" / "syn.npz", sar, opt)
+        serve_once(model, spool, batch=7, readers=2)
+        results[name] = read_results(spool)
+    for tile in ("real", "syn"):
+        raw = np.array([[r["scores"][c] for c in sorted(r["scores"])] for r in results["raw"][tile]])
+        ref = np.array([[r["scores"][c] for c in sorted(r["scores"])] for r in results["std"][tile]])
+        np.testing.assert_allclose(raw, ref, atol=2e-6)
+        assert [r["head"] for r in results["raw"][tile]] == [r["head"] for r in results["std"][tile]]

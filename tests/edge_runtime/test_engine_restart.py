@@ -39,7 +39,9 @@ class _CachedRunner(Runner):
         self.ort = OnnxRuntimeRunner(onnx, threads=1)
         super().__init__(self.ort.contract, "fp32", self.ort.model_hash)
         self.onnx, self.cache = onnx, cache
-        self.key = EngineKey(self.ort.model_hash, "10.3.0", "Orin (fake)", "fp32", {"sar": [[1, 2, 16, 16]]})
+        self.key = EngineKey(self.ort.model_hash, "10.3.0", "Orin (fake)", "fp32", {"sar": [[1, 2, 16, 16]]},
+                             compute_capability="8.7", sm_count=16, driver_version=12060, workspace_mb=1024,
+                             builder_version="2")
         self.last = None
 
     def _activate(self) -> None:

@@ -23,6 +23,11 @@ def key(**changes: object) -> EngineKey:
         "gpu_name": "Orin",
         "precision": "int8",
         "profile": PROFILE,
+        "compute_capability": "8.7",
+        "sm_count": 16,
+        "driver_version": 12060,
+        "workspace_mb": 1024,
+        "builder_version": "2",
     } | changes
     return EngineKey(**fields)  # type: ignore[arg-type]
 
@@ -73,6 +78,13 @@ def test_first_start_builds_second_loads(cache) -> None:
         {"gpu_name": "NVIDIA H100"},
         {"precision": "fp16"},
         {"profile": {**PROFILE, "sar": [[1, 2, 8, 8], [8, 2, 8, 8], [64, 2, 8, 8]]}},
+        # every Orin module reports the same GPU name: the device facts tell them apart
+        {"compute_capability": "8.6"},
+        {"sm_count": 8},
+        {"driver_version": 12020},
+        {"workspace_mb": 512},
+        {"builder_version": "3"},
+        {"calib_sha256": "ef" * 32},
     ],
 )
 def test_every_key_field_matters(cache, change: dict) -> None:

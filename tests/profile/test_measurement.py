@@ -73,8 +73,8 @@ class _Runner:
 
 def _pipeline(written):
     return Pipeline(
-        read=lambda src: np.full((1, 3), float(src), np.float32),
-        preprocess=lambda raws: {"x": np.concatenate(raws)},
+        tile_stages=(("read", lambda src: float(src)), ("prepare", lambda v: np.full((1, 3), v, np.float32))),
+        batch=lambda raws: {"x": np.concatenate(raws)},
         postprocess=lambda raws, out: out["logits"].sum(axis=1).tolist(),
         write=lambda records, index: written.append((index, records)),
     )
@@ -116,8 +116,7 @@ def test_throughput_propagates_errors_without_hanging():
     def bad_write(records, index):
         raise OSError("disk full")
 
-    pipe = Pipeline(read=lambda s: np.zeros((1, 3), np.float32),
-                    preprocess=lambda r: {"x": np.concatenate(r)},
-                    postprocess=lambda r, o: o, write=bad_write)
+    pipe = Pipeline((("read", lambda s: np.zeros((1, 3), np.float32)),),
+                    batch=lambda r: {"x": np.concatenate(r)}, postprocess=lambda r, o: o, write=bad_write)
     with pytest.raises(OSError, match="disk full"):
         measure_throughput(pipe, _Runner(), list(range(4)), batch=2, iterations=20)

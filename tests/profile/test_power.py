@@ -6,12 +6,11 @@ import pytest
 
 from mosaic_edge.edge_runtime.power import (
     PowerSummary,
-    cpu_info,
     input_power_mw,
-    parse_nvpmodel,
     parse_tegrastats_line,
     summarize_power,
 )
+from mosaic_edge.environment import cpu_info, parse_nvpmodel
 
 # Lines in the formats tegrastats prints on each Jetson generation (field layout per NVIDIA's tegrastats docs;
 # values are illustrative). Orin / JetPack 5-6 prints "current mW/average mW"; JetPack 4 prints bare numbers.
@@ -80,3 +79,21 @@ def test_nvpmodel_output():
 def test_cpu_info_here():
     info = cpu_info()
     assert info["logical_cpus"] >= 1 and 1 <= info["usable_threads"] <= info["logical_cpus"]
+
+
+def test_doctor_and_profile_share_one_environment_probe(tmp_path, monkeypatch):
+    from mosaic_edge import doctor, environment
+
+    model, release = tmp_path / "model", tmp_path / "nv_tegra_release"
+    model.write_text("NVIDIA Jetson Orin NX Engineering Reference Developer Kit\x00")
+    release.write_text("# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64\n")
+    monkeypatch.setattr(environment, "_JETSON_MODEL", model)
+    monkeypatch.setattr(environment, "_L4T_RELEASE", release)
+    monkeypatch.setattr(environment, "_run", lambda cmd: "NV Power Mode: 15W\n2\n" if cmd[0] == "nvpmodel" else None)
+    jetson = doctor.collect()["jetson"]
+    assert jetson == {"model": "NVIDIA Jetson Orin NX Engineering Reference Developer Kit",
+                      "l4t_release": "# R36 (release), REVISION: 3.0, GCID: 36923193, BOARD: generic, EABI: aarch64",
+                      "power_mode": {"name": "15W", "id": 2}}
+    profiled = environment.environment()["jetson"]
+    assert {k: profiled[k] for k in jetson} == jetson and "clocks" in profiled
+    assert doctor.collect()["numpy"] == environment.module_version("numpy") == environment.versions()["numpy"]

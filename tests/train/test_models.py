@@ -85,20 +85,3 @@ def test_tune_thresholds_maximises_f1() -> None:
     t = tune_thresholds(probs, labels)
     assert 0.3 < t[0] < 0.8 and 0.2 < t[1] <= 0.6
     assert ((probs >= t) == labels.astype(bool)).all()
-
-
-def test_gpu_check_skips_cleanly_without_cuda() -> None:
-    from mosaic_edge.train import gpu_check
-
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present: covered by test_gpu_check_runs")
-    rows = gpu_check.run()
-    assert rows == [{"check": "train_amp", "status": "skipped", "reason": "no CUDA device"}]
-
-
-@pytest.mark.gpu
-def test_gpu_check_runs() -> None:
-    from mosaic_edge.train import gpu_check
-
-    rows = gpu_check.run(cases=(("tiny", 24, 16, 5),))
-    assert rows[0]["status"] == "ok" and rows[0]["finite"] and rows[0]["samples_per_s"] > 0

@@ -1,20 +1,12 @@
-"""GPU check of the profile: device-time reference on CUDA. Lives in ``export`` (it needs torch and the
-exporter); the runtime (``edge_runtime``) never imports torch and never imports this module.
+"""GPU check of the profile: the device-time reference of ``mosaic-edge profile`` on a CUDA GPU.
 
-The device-time reference for ``mosaic-edge profile`` on a CUDA GPU, run by the lead's one GPU check script::
-
-    from mosaic_edge.export.gpu_profile_check import run
-    results = run()   # list of {"name", "status": "ok"|"skipped"|"failed", "details": {...}}
-
-The GPU test machine has only the CPU build of ONNX Runtime and no TensorRT, so the device numbers come from a
-torch CUDA-graph replay of the exported model: ``build_model`` -> ``save_checkpoint``/``load_checkpoint``
-(train/) -> ``export_onnx`` + manifest (export/). Per precision (fp32; fp16 with fp32 I/O, like
-``model.fp16.onnx``) and batch: host->device copy, graph replay and device->host copy timed with CUDA events
-(synchronous per call, through :class:`~mosaic_edge.edge_runtime.profiling.StageClock`, the profile's one
-measurement path), then pipelined replays for throughput. The fp32 graph's logits are compared with ONNX
-Runtime (CPU) on the same batch, so the replay is known to be the exported model. The profile command itself
-also runs on the export (ORT on CPU) and its table is returned. Without CUDA everything is reported as
-skipped; nothing raises.
+Without ONNX Runtime's CUDA build or TensorRT the device numbers come from a torch CUDA-graph replay of the
+exported model: ``build_model`` -> ``save_checkpoint``/``load_checkpoint`` (train/) -> ``export_onnx`` + manifest
+(export/). Per precision (fp32; fp16 with fp32 I/O, like ``model.fp16.onnx``) and batch: host->device copy, graph
+replay and device->host copy timed with CUDA events (synchronous per call, through the profile's
+:class:`~mosaic_edge.edge_runtime.profiling.StageClock`), then pipelined replays for throughput. The fp32 graph's
+logits are compared with ONNX Runtime (CPU) on the same batch, so the replay is known to be the exported model. The
+profile command itself also runs on the export (ORT on CPU). Without torch or CUDA: one ``skip`` row.
 """
 
 from __future__ import annotations
@@ -24,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import fail, row, skip
+
 ARCH = "resnet18"
 BATCHES = (1, 4, 16)
 ITERATIONS = 50
@@ -31,10 +25,6 @@ WARMUP = 10
 PIPELINED_REPLAYS = 100
 # fp32 graph vs ORT CPU on the same weights: kernels differ (cuDNN vs MLAS; TF32 off), so only float noise.
 MAX_LOGIT_DIFF = 1e-2
-
-
-def _skip(reason: str) -> list[dict[str, Any]]:
-    return [{"name": "gpu_profile", "status": "skipped", "details": {"reason": reason}}]
 
 
 def _export(tmp: Path) -> tuple[Any, Any, Path]:
@@ -131,63 +121,47 @@ def _ort_logits(export: Path, inputs: dict[str, Any]) -> Any:
 
 
 def run() -> list[dict[str, Any]]:
-    """Profile the exported model on the GPU; one result dict per check (see the module docstring)."""
+    """Profile the exported model on the GPU; one row per configuration."""
     try:
         import torch
     except ImportError:
-        return _skip("torch is not installed")
+        return [skip("gpu_profile", "torch is not installed")]
     if not torch.cuda.is_available():
-        return _skip("no CUDA device")
+        return [skip("gpu_profile", "no CUDA device")]
     import numpy as np
 
-    from mosaic_edge.edge_runtime.profiling import ProfileConfig, profile_to_dir
+    from mosaic_edge.edge_runtime.profile_run import ProfileConfig, profile_to_dir
 
     results: list[dict[str, Any]] = []
     gpu = torch.cuda.get_device_name(0)
     with tempfile.TemporaryDirectory(prefix="mosaic-gpu-profile-") as tmp:
         model, contract, export = _export(Path(tmp))
-        table = ["| precision | batch | h2d p50 ms | replay p50 ms | replay p99 ms | d2h p50 ms | "
-                 "sync e2e p50 ms (host) | pipelined tiles/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for precision in ("fp32", "fp16"):
             for batch in BATCHES:
                 name = f"gpu_profile/cuda_graph/{precision}/b{batch}"
                 try:
                     t0 = time.perf_counter()
                     res = _graph_profile(model, contract, precision, batch)
-                    details: dict[str, Any] = {
-                        "gpu": gpu, "torch": torch.__version__, "cuda": torch.version.cuda, "arch": ARCH,
-                        "precision": precision, "batch": batch, "stages": res["stages"],
-                        "end_to_end_host": res["end_to_end_host"],
-                                               "throughput_tiles_s": res["throughput_tiles_s"],
-                                               "seconds": time.perf_counter() - t0}
+                    st = res["stages"]
+                    numbers: dict[str, Any] = {
+                        "gpu": gpu, "arch": ARCH, "precision": precision, "batch": batch,
+                        "h2d_p50_ms": st["h2d"]["p50_ms"], "replay_p50_ms": st["inference"]["p50_ms"],
+                        "replay_p99_ms": st["inference"]["p99_ms"], "d2h_p50_ms": st["d2h"]["p50_ms"],
+                        "e2e_host_p50_ms": res["end_to_end_host"]["p50_ms"],
+                        "throughput_tiles_s": round(res["throughput_tiles_s"], 1),
+                        "seconds": round(time.perf_counter() - t0, 2)}
                     status = "ok"
                     if precision == "fp32":
                         diff = float(np.max(np.abs(res["logits"] - _ort_logits(export, res["inputs"]))))
-                        details["max_logit_diff_vs_ort_cpu"] = diff
-                        status = "ok" if diff <= MAX_LOGIT_DIFF else "failed"
-                    st = res["stages"]
-                    table.append(f"| {precision} | {batch} | {st['h2d']['p50_ms']:.3f} | "
-                                 f"{st['inference']['p50_ms']:.3f} | {st['inference']['p99_ms']:.3f} | "
-                                 f"{st['d2h']['p50_ms']:.3f} | {res['end_to_end_host']['p50_ms']:.3f} | "
-                                 f"{res['throughput_tiles_s']:.0f} |")
-                    results.append({"name": name, "status": status, "details": details})
+                        numbers["max_logit_diff_vs_ort_cpu"] = diff
+                        status = "ok" if diff <= MAX_LOGIT_DIFF else "fail"
+                    results.append(row(name, status, **numbers))
                 except Exception as exc:  # noqa: BLE001 - one failed configuration must not hide the others
-                    results.append({"name": name, "status": "failed",
-                                    "details": {"error": f"{type(exc).__name__}: {exc}"}})
-        results.append({"name": "gpu_profile/cuda_graph/table", "status": "ok",
-                        "details": {"gpu": gpu, "markdown": "\n".join(table)}})
+                    results.append(fail(name, exc))
         try:
             config = ProfileConfig(model=export, runner="ort", batches=BATCHES, iterations=20, warmup=3)
-            doc, text = profile_to_dir(config, Path(tmp) / "profile")
-            results.append({"name": "gpu_profile/ort_cpu_profile", "status": "ok",
-                            "details": {"table": text, "configurations": len(doc["configurations"])}})
+            doc, _ = profile_to_dir(config, Path(tmp) / "profile")
+            results.append(row("gpu_profile/ort_cpu_profile", "ok", configurations=len(doc["configurations"])))
         except Exception as exc:  # noqa: BLE001
-            results.append({"name": "gpu_profile/ort_cpu_profile", "status": "failed",
-                            "details": {"error": f"{type(exc).__name__}: {exc}"}})
+            results.append(fail("gpu_profile/ort_cpu_profile", exc))
     return results
-
-
-if __name__ == "__main__":
-    import json
-
-    print(json.dumps(run(), indent=1, default=str))

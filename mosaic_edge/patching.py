@@ -60,6 +60,31 @@ def cut(array: np.ndarray, wins: list[Window]) -> np.ndarray:
     return np.stack([array[:, w.row:w.row + w.height, w.col:w.col + w.width] for w in wins])
 
 
-def invalid_fractions(mask: np.ndarray, wins: list[Window]) -> np.ndarray:
-    """Fraction of True pixels of a bool [H, W] mask inside each window."""
-    return np.array([mask[w.row:w.row + w.height, w.col:w.col + w.width].mean() for w in wins], np.float64)
+def cut_into(out: np.ndarray, array: np.ndarray | None, wins: list[Window]) -> None:
+    """Copy the windows of a [C, H, W] array into the rows of ``out`` [len(wins), C, h, w], casting to
+    ``out``'s dtype on the way (one pass per window, no intermediate copy); ``array`` None writes zeros."""
+    if array is None:
+        out[...] = 0
+        return
+    for k, w in enumerate(wins):
+        out[k] = array[:, w.row:w.row + w.height, w.col:w.col + w.width]
+
+
+def invalid_fractions(mask: np.ndarray | None, wins: list[Window]) -> np.ndarray:
+    """Fraction of True pixels of a bool [H, W] mask inside each window (``mask`` None: all False).
+
+    One summed-area table for the whole tile, so a scene of many windows costs one pass over the mask.
+    """
+    if mask is None or not wins:
+        return np.zeros(len(wins), np.float64)
+    if len(wins) == 1:
+        w = wins[0]
+        return np.array([mask[w.row:w.row + w.height, w.col:w.col + w.width].mean()], np.float64)
+    table = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
+    np.cumsum(np.cumsum(mask, axis=0, dtype=np.int64), axis=1, out=table[1:, 1:])
+    r0 = np.fromiter((w.row for w in wins), np.intp, len(wins))
+    c0 = np.fromiter((w.col for w in wins), np.intp, len(wins))
+    r1 = r0 + np.fromiter((w.height for w in wins), np.intp, len(wins))
+    c1 = c0 + np.fromiter((w.width for w in wins), np.intp, len(wins))
+    counts = table[r1, c1] - table[r0, c1] - table[r1, c0] + table[r0, c0]
+    return counts / ((r1 - r0) * (c1 - c0))

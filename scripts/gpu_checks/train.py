@@ -1,24 +1,16 @@
 """GPU check of the training stage: a few hundred AMP training steps on CUDA, reported as samples/s.
 
-``run()`` returns one row per configuration (``scripts/gpu_check.py`` prints them as a table); without CUDA it
-returns a single row with ``status="skipped"``. Data are random tensors (throughput only; the loss path is the
-real MoSAiC objective with all three terms, two augmented views, grad clipping and the GradScaler when fp16).
-
-    python -m mosaic_edge.train.gpu_check
+One row per configuration; without torch or CUDA a single ``skip`` row. Data are random tensors (throughput
+only; the loss path is the real MoSAiC objective with all three terms, two augmented views, grad clipping and the
+GradScaler when fp16).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
-import torch
-
-from mosaic_edge.contract import Contract
-from mosaic_edge.train.augment import AugmentConfig, augment_pair
-from mosaic_edge.train.models import build_model
-from mosaic_edge.train.objective import LossWeights, mosaic_loss
+from . import fail, row, skip
 
 # (arch, patch, batch, steps): the default CPU model and the full-size encoders at BigEarthNet resolution.
 CASES: tuple[tuple[str, int, int, int], ...] = (
@@ -28,9 +20,14 @@ CASES: tuple[tuple[str, int, int, int], ...] = (
 )
 
 
-def _bench(
-    arch: str, patch: int, batch: int, steps: int, dtype: torch.dtype, warmup: int = 20
-) -> dict[str, Any]:
+def _bench(arch: str, patch: int, batch: int, steps: int, dtype: Any, warmup: int = 20) -> dict[str, Any]:
+    import torch
+
+    from mosaic_edge.contract import Contract
+    from mosaic_edge.train.augment import AugmentConfig, augment_pair
+    from mosaic_edge.train.models import build_model
+    from mosaic_edge.train.objective import LossWeights, mosaic_loss
+
     dev = torch.device("cuda")
     torch.manual_seed(0)
     model = build_model(arch).to(dev).train()
@@ -70,34 +67,28 @@ def _bench(
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
     first, last = float(losses[warmup]), float(losses[-1])
-    return {
-        "check": "train_amp",
-        "arch": arch,
-        "patch": patch,
-        "batch": batch,
-        "steps": steps,
-        "amp": str(dtype).replace("torch.", ""),
-        "samples_per_s": round(batch * steps / dt, 1),
-        "step_ms": round(1000 * dt / steps, 2),
-        "loss_first": round(first, 4),
-        "loss_last": round(last, 4),
-        "finite": bool(torch.isfinite(torch.stack(losses)).all()),
-        "max_mem_gb": round(torch.cuda.max_memory_allocated() / 1e9, 2),
-        "status": "ok",
-    }
+    finite = bool(torch.isfinite(torch.stack(losses)).all())
+    return row(f"train_amp/{arch}", "ok" if finite else "fail", patch=patch, batch=batch, steps=steps,
+               amp=str(dtype).replace("torch.", ""), samples_per_s=round(batch * steps / dt, 1),
+               step_ms=round(1000 * dt / steps, 2), loss_first=round(first, 4), loss_last=round(last, 4),
+               finite=finite, max_mem_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2))
 
 
 def run(cases: tuple[tuple[str, int, int, int], ...] = CASES) -> list[dict[str, Any]]:
-    """Run the AMP training-throughput cases on CUDA; one dict per case (``status`` ok/skipped/error)."""
+    """Run the AMP training-throughput cases on CUDA; one row per case."""
+    try:
+        import torch
+    except ImportError:
+        return [skip("train_amp", "torch is not installed")]
     if not torch.cuda.is_available():
-        return [{"check": "train_amp", "status": "skipped", "reason": "no CUDA device"}]
+        return [skip("train_amp", "no CUDA device")]
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     rows = []
     for arch, patch, batch, steps in cases:
         try:
             rows.append(_bench(arch, patch, batch, steps, dtype))
         except Exception as exc:  # noqa: BLE001 - report and go on with the next case
-            rows.append({"check": "train_amp", "arch": arch, "status": "error", "reason": repr(exc)[:300]})
+            rows.append(fail(f"train_amp/{arch}", exc))
         finally:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
@@ -105,8 +96,3 @@ def run(cases: tuple[tuple[str, int, int, int], ...] = CASES) -> list[dict[str, 
     for r in rows:
         r["device"] = dev
     return rows
-
-
-if __name__ == "__main__":
-    for row in run():
-        print(json.dumps(row))
