@@ -203,3 +203,23 @@ def test_unlabelled_labels_are_zeroed_at_the_source_and_change_nothing(tmp_path:
                         torch.load(res.checkpoint, weights_only=True)["state_dict"]))
     assert results[0][0] == results[1][0]
     assert all(torch.equal(v, results[1][1][k]) for k, v in results[0][1].items())
+
+
+def test_streamed_raw_split_keeps_one_persistent_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[dict[str, Any]] = []
+    real = torch.utils.data.DataLoader
+
+    class Counting(real):  # type: ignore[misc, valid-type]
+        def __init__(self, *a: Any, **kw: Any) -> None:
+            built.append(kw)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", Counting)
+    cfg = TrainConfig(**TINY, cache_gb=0.0, num_workers=1)  # too big for the cache: streamed through workers
+    contract = synthetic_contract(dataclasses.replace(SMALL, seed=0))
+    split = load_split(cfg, contract, "train")
+    assert isinstance(split, data_mod.StreamingSplit)
+    model = build_model("tiny", 19, 16)
+    finetune(model, split, contract, 3, 1e-3, 0, torch.device("cpu"), batch_size=8)
+    assert len(built) == 1 and built[0]["persistent_workers"] and built[0]["num_workers"] == 1
+    assert not built[0]["pin_memory"]  # pinned only for a CUDA device
