@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,9 +41,11 @@ Batch = dict[str, torch.Tensor]
 
 
 def data_spec(cfg: TrainConfig) -> DataSpec:
-    """The data of a training config as a :class:`DataSpec` (what the checkpoint records)."""
+    """The data of a training config as a :class:`DataSpec` (what the checkpoint records; a root is recorded
+    absolute, so an export started from another working directory reopens it)."""
     if cfg.data != SYNTHETIC:
-        return DataSpec(cfg.data, reader_options(cfg.data, cfg.label_threshold, cfg.split_file))
+        root = str(Path(cfg.data).resolve())
+        return DataSpec(root, reader_options(root, cfg.label_threshold, cfg.split_file))
     if cfg.label_threshold is not None or cfg.split_file:
         raise UserError("--label-threshold and --split-file apply to SEN12MS data, not to the synthetic benchmark")
     from mosaic_edge.data.synthetic import SyntheticConfig

@@ -326,3 +326,11 @@ def test_sen12ms_split_file_and_threshold_are_recorded_for_evaluate(tmp_path: Pa
     assert again["n"] == 4 and again["macro_map"] == pytest.approx(res.metrics["test"]["macro_map"])
     with pytest.raises(UserError, match="apply to SEN12MS data, not to the synthetic"):
         train(TrainConfig(**TINY, split_file=(str(csv),), out=str(tmp_path / "x")))
+
+
+def test_a_relative_data_root_is_recorded_absolute(benv2_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mosaic_edge.train.data import data_spec
+
+    monkeypatch.chdir(benv2_root.parent)
+    spec = data_spec(TrainConfig(data=benv2_root.name))
+    assert spec.data == str(benv2_root.resolve()) and Path(spec.data).is_absolute()
