@@ -45,8 +45,9 @@ def resize_bilinear(band: np.ndarray, size: tuple[int, int], out: np.ndarray | N
     """Bilinearly resample a 2-D band to ``size`` (rows, cols); float32 result (written into ``out`` if given).
 
     Two-tap gathers per axis rather than interpolation-matrix products: no BLAS call, so no BLAS thread pool
-    oversubscribing the CPU of a data-loading worker or a Jetson. The products and sums run in place, in the order of the
-    textbook formula ``a * (1 - w) + b * w``, so the values do not depend on where the result is written.
+    oversubscribing the CPU of a data-loading worker or a Jetson. The products and sums run in place, in the
+    order of the textbook formula ``a * (1 - w) + b * w``, so the values do not depend on where the result is
+    written.
     """
     if band.ndim != 2:
         raise DataError(f"expected a 2-D band, got shape {band.shape}")
