@@ -167,10 +167,12 @@ def _extra(job: Job, runner: Runner) -> dict[str, Any]:
 
 
 def job_records(job: Job, runner: Runner) -> list[dict[str, Any]]:
-    """The JSON Lines records of a finished job, as dicts."""
+    """The JSON Lines records of a finished job, as dicts: the tile summary, then one record per window."""
     scores = postprocess.patch_scores(job.logits, job.heads)
-    return postprocess.tile_records(job.tile_id, job.windows, job.heads, scores, runner.contract,
-                                    job.geo, job.optical_invalid, _extra(job, runner))
+    extra = _extra(job, runner)
+    summary = postprocess.tile_summary(job.tile_id, job.windows, job.heads, scores, runner.contract, job.geo, extra)
+    return [summary, *postprocess.tile_records(job.tile_id, job.windows, job.heads, scores, runner.contract,
+                                               job.geo, job.optical_invalid, extra)]
 
 
 def result_files(job: Job, runner: Runner) -> tuple[bytes, bytes | None]:
