@@ -121,11 +121,15 @@ def _standardised_inputs(sar: np.ndarray, optical: np.ndarray | None, contract: 
     return s, o, sar_fraction, invalid if invalid.any() else None
 
 
-def prepare_tile(tile: Tile, contract: Contract, limits: TileLimits = TileLimits()) -> PreparedTile:
+def prepare_tile(tile: Tile, contract: Contract, limits: TileLimits = TileLimits(), check_sar: bool = True
+                 ) -> PreparedTile:
     """Bring a tile into the contract's input form; SAR-only and cloudy tiles mark all optical unusable.
 
+    Args:
+        check_sar: Apply the mostly-invalid-SAR rule (a scene's regions leave it to the whole scene).
+
     Raises:
-        DataError: the tile is smaller than one patch or its SAR is mostly invalid (NaN/inf).
+        DataError: the tile is smaller than one patch or its SAR is mostly invalid (NaN/inf/nodata).
     """
     sar = stack_bands(tile.sar, contract.sar_bands, None, "sar") if isinstance(tile.sar, dict) else tile.sar
     h, w = int(sar.shape[-2]), int(sar.shape[-1])
@@ -135,13 +139,13 @@ def prepare_tile(tile: Tile, contract: Contract, limits: TileLimits = TileLimits
     optical = tile.optical
     if isinstance(optical, dict):
         optical = stack_bands(optical, contract.optical_bands, (h, w), "optical")
-    if tile.geo is not None and tile.geo.crs:
+    if check_sar and tile.geo is not None and tile.geo.crs:
         check_crs(tile.geo.crs, tile.id)
     prep = _raw_inputs if contract.input_form == "raw" else _standardised_inputs
     sar_in, opt_in, sar_fraction, invalid = prep(sar, optical, contract, tile)
     if tile.optical_mask is not None:
         invalid = tile.optical_mask if invalid is None else invalid | tile.optical_mask
-    if sar_fraction > limits.max_invalid_fraction:
+    if check_sar and sar_fraction > limits.max_invalid_fraction:
         raise DataError(f"{tile.id}: {sar_fraction:.0%} of S1 pixels are invalid (NaN/inf), "
                         f"limit {limits.max_invalid_fraction:.0%}")
     usable = optical is not None and not tile.cloudy

@@ -57,25 +57,41 @@ class MissingPartnerError(DataError):
     """One modality of a tile folder is absent (it may still be arriving)."""
 
 
+# Bytes per pixel a tile read whole holds: its file bytes (S1 float32 + S2 uint16: 32) and what decoding and
+# preparing add (GeoTIFF arrays decoded beside the file bytes, a float32 copy where NaN are filled).
+WHOLE_READ_BYTES_PER_PIXEL = 48
+
+
 @dataclass(frozen=True)
 class TileLimits:
-    """Guards applied to every tile.
+    """Guards applied to every tile: a memory budget, not a pixel count.
 
     Attributes:
-        max_pixels: Largest H*W of a tile (checked from headers before decoding).
+        memory_bytes: Most memory one tile read whole (its file bytes, decoded and prepared arrays) may take;
+            sizes are checked from headers before anything is decoded (:attr:`max_pixels`).
+        chunk_bytes: A GeoTIFF pair that decodes to more than this is a scene, read region by region
+            (:mod:`mosaic_edge.scene`) in chunks of windows whose pixels take about this much.
+        max_windows: Most windows of one tile (records, logits and the results file grow with them).
         max_files: Most files a tile folder may hold.
         max_invalid_fraction: A tile whose SAR is more invalid than this fails; a patch whose optical is more
             invalid than this is answered by the SAR head.
     """
 
-    max_pixels: int = 25_000_000
+    memory_bytes: int = 1 << 30
+    chunk_bytes: int = 64 << 20
+    max_windows: int = 250_000
     max_files: int = 64
     max_invalid_fraction: float = 0.5
 
     @property
+    def max_pixels(self) -> int:
+        """Largest H*W of a tile read whole: :attr:`memory_bytes` / :data:`WHOLE_READ_BYTES_PER_PIXEL`."""
+        return self.memory_bytes // WHOLE_READ_BYTES_PER_PIXEL
+
+    @property
     def max_file_bytes(self) -> int:
-        """Largest file of a tile: 16 float64 bands of ``max_pixels`` plus headers."""
-        return 16 * 8 * self.max_pixels + (1 << 20)
+        """Largest file of a tile read whole."""
+        return self.memory_bytes
 
 
 # Sentinel-2 L2A scene classification (SCL) classes whose optical data is unusable: 0 no data, 1 saturated or
@@ -170,6 +186,12 @@ def _files(path: Path, limits: TileLimits) -> list[tuple[str, str]]:
     return sorted(out, key=lambda item: item[0].split("/"))
 
 
+def tile_files(path: Path, limits: TileLimits) -> list[tuple[str, str]]:
+    """``(name relative to the tile, path)`` of a tile's regular files in :func:`fingerprint`'s order (symlinks,
+    FIFOs and deep folders refused)."""
+    return _files(Path(path), limits)
+
+
 def fingerprint(path: Path) -> str:
     """SHA-256 over the relative names and bytes of a tile's files (identifies re-sent tiles).
 
@@ -220,7 +242,8 @@ def _read_file(path: str | Path, max_bytes: int | None = None) -> memoryview:
             raise DataError(f"{Path(path).name}: not a regular file (refused)")
         size = st.st_size
         if max_bytes is not None and size > max_bytes:
-            raise DataError(f"{Path(path).name}: larger than {max_bytes} bytes")
+            raise DataError(f"{Path(path).name}: larger than {max_bytes} bytes, the memory budget of a tile read "
+                            "whole (deliver scenes as GeoTIFF s1.tif + s2.tif, read window by window)")
         view = memoryview(np.empty(size, np.uint8).data)
         done = 0
         while done < size:
@@ -277,20 +300,29 @@ def _geo_from_npz(arrays: dict[str, np.ndarray], name: str) -> GeoInfo | None:
 
 def check_arrays(sar: np.ndarray, optical: np.ndarray | None, name: str, limits: TileLimits) -> None:
     """Shapes, dtypes and size of a tile's S1 ``[2, H, W]`` (float dB) and S2 ``[12, H, W]`` arrays."""
-    if sar.ndim != 3 or sar.shape[0] != 2:
-        raise DataError(f"{name}: S1 must be [2, H, W] (VV, VH), got shape {sar.shape}")
-    if sar.dtype.kind != "f":
-        raise DataError(f"{name}: S1 dtype {sar.dtype}, expected float backscatter in dB")
+    check_arrays_shapes(sar.shape, sar.dtype, None if optical is None else optical.shape,
+                        None if optical is None else optical.dtype, name)
     if sar.shape[1] * sar.shape[2] > limits.max_pixels:
-        raise DataError(f"{name}: tile of {sar.shape[1]}x{sar.shape[2]} pixels exceeds {limits.max_pixels}")
-    if optical is None:
+        raise DataError(f"{name}: tile of {sar.shape[1]}x{sar.shape[2]} pixels exceeds {limits.max_pixels} "
+                        f"(the {limits.memory_bytes >> 20} MB memory budget of a tile read whole; deliver larger "
+                        "tiles as GeoTIFF s1.tif + s2.tif, which are read window by window)")
+
+
+def check_arrays_shapes(sar: tuple[int, ...], sar_dtype: np.dtype, optical: tuple[int, ...] | None,
+                        optical_dtype: np.dtype | None, name: str) -> None:
+    """:func:`check_arrays` from shapes and dtypes alone (headers of a scene), without the size limit."""
+    if len(sar) != 3 or sar[0] != 2:
+        raise DataError(f"{name}: S1 must be [2, H, W] (VV, VH), got shape {sar}")
+    if sar_dtype.kind != "f":
+        raise DataError(f"{name}: S1 dtype {sar_dtype}, expected float backscatter in dB")
+    if optical is None or optical_dtype is None:
         return
-    if optical.ndim != 3 or optical.shape[0] != 12:
-        raise DataError(f"{name}: S2 must be [12, H, W], got shape {optical.shape}")
-    if optical.dtype.kind not in "uif":
-        raise DataError(f"{name}: S2 dtype {optical.dtype} is not a real number type")
-    if optical.shape[1:] != sar.shape[1:]:
-        raise DataError(f"{name}: S1 size {sar.shape[1:]} and S2 size {optical.shape[1:]} differ")
+    if len(optical) != 3 or optical[0] != 12:
+        raise DataError(f"{name}: S2 must be [12, H, W], got shape {optical}")
+    if optical_dtype.kind not in "uif":
+        raise DataError(f"{name}: S2 dtype {optical_dtype} is not a real number type")
+    if optical[1:] != sar[1:]:
+        raise DataError(f"{name}: S1 size {sar[1:]} and S2 size {optical[1:]} differ")
 
 
 def _npz_tile(data: memoryview, name: str, tile_id: str, limits: TileLimits) -> Tile:
