@@ -35,6 +35,7 @@ arrays, with the per-tile parts serialised once instead of per patch.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from typing import Any
@@ -224,15 +225,17 @@ def tile_summary(tile_id: str, wins: Sequence[Window], heads: Sequence[str], sco
     n = len(wins)
     above = scores[:n] >= np.asarray(contract.thresholds)
     counts = above.sum(axis=0)
-    best = scores[:n].max(axis=0) if n else np.zeros(len(contract.classes))
-    labels = [{"name": contract.classes[k], "windows": int(counts[k]), "fraction": round(float(counts[k]) / n, 4),
-               "max_score": round(float(best[k]), SCORE_DIGITS)}
-              for k in sorted(np.flatnonzero(counts).tolist(), key=lambda k: (-int(counts[k]), contract.classes[k]))]
-    height = max((w.row + w.height for w in wins), default=0)
-    width = max((w.col + w.width for w in wins), default=0)
+    present = np.flatnonzero(counts)
+    best = scores[:n, present].max(axis=0).tolist() if n else []
+    classes = contract.classes
+    labels = [{"fraction": round(k / n, 4), "max_score": round(m, SCORE_DIGITS), "name": classes[c], "windows": k}
+              for c, k, m in sorted(zip(present.tolist(), counts[present].tolist(), best, strict=True),
+                                    key=lambda t: (-t[1], classes[t[0]]))]
+    last = wins[-1] if n else None  # windows are row-major and the last is flush with the far corner
+    height, width = (last.row + last.height, last.col + last.width) if last else (0, 0)
     bounds = None if geo is None else [round(v, 6) for v in geo.window_bounds(0, 0, height, width)]
     return {"type": "tile", "tile": tile_id, "windows": n, "size": {"height": height, "width": width},
-            "heads": {h: list(heads).count(h) for h in sorted(set(heads))},
+            "heads": dict(sorted(Counter(heads).items())),
             "windows_without_labels": int(n - above.any(axis=1).sum()), "labels": labels,
             "bounds": bounds, "crs": None if geo is None else geo.crs,
             "bbox": _tile_bbox(geo, bounds, wins) if with_bbox else None, **extra}
