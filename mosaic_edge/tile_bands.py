@@ -101,6 +101,8 @@ def decode_band_tile(files: TileFiles, tile_id: str, limits: TileLimits, allow_s
         return Tile(tile_id, arr, None, None, False, "benv2")
     s1, s2 = _Folder(files, _split(vv[0])[0]), _Folder(files, _split(b02[0])[0])
     ref, geo = s2.read("B02", "S2", None, "uif", max_pixels)
+    if geo is not None:
+        geo.check(f"{s2.label.name}/B02")
     if ref.shape[0] % 6 or ref.shape[1] % 6:
         raise DataError(f"{s2.label}: B02 has shape {ref.shape}; expected a 2-D grid divisible by 6 (60 m)")
     grid = (int(ref.shape[0]), int(ref.shape[1]))

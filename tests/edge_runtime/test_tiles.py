@@ -153,9 +153,10 @@ def test_postprocess_thresholds_and_geojson(contract):
         assert [lab["score"] for lab in rec["labels"]] == sorted((lab["score"] for lab in rec["labels"]),
                                                                  reverse=True)
     assert recs[1]["bounds"] == [160.0, -60.0, 320.0, 100.0] and recs[1]["head"] == "sar"
+    assert recs[1]["crs"] == "EPSG:32633"  # JSON Lines keep the native grid
     fc = json.loads(postprocess.to_geojson(recs))
-    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 2
-    assert fc["crs"]["properties"]["name"] == "EPSG:32633"
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 2 and "crs" not in fc  # RFC 7946
+    assert [f["properties"]["bounds"] for f in fc["features"]] == [r["bounds"] for r in recs]
     assert postprocess.to_geojson([{**recs[0], "bounds": None}]) is None
 
 
@@ -282,9 +283,10 @@ def test_encoded_tile_is_byte_for_byte_json_dumps_of_the_records(contract, geo):
     extra = {"model_hash": "h" * 64, "runner": "ort", "precision": "int8", "input_sha256": "s" * 64,
              "timings_ms": {"read": 0.123, "verify": 0.2, "queue": 1.0}}
     records = postprocess.tile_records("T-1", wins, heads, scores, c, g, inv, extra)
+    summary = postprocess.tile_summary("T-1", wins, heads, scores, c, g, extra)
     jsonl, geojson = postprocess.encode_tile("T-1", wins, heads, scores, c, g, inv, extra)
-    assert jsonl == postprocess.to_jsonl(records)
-    assert geojson == postprocess.to_geojson(records)
+    assert jsonl == postprocess.to_jsonl([summary, *records])
+    assert geojson == postprocess.to_geojson(records, summary)
     assert (geojson is None) == (geo is None)
     with pytest.raises(ValueError, match="not JSON compliant"):
         postprocess.encode_tile("T-1", wins, heads, scores * np.nan, c, g, inv, extra)
