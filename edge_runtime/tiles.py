@@ -20,7 +20,7 @@ import numpy as np
 from mosaic_edge.contract import Contract
 from mosaic_edge.data.preprocess import normalise_optical, normalise_sar, stack_bands
 from mosaic_edge.data.tiff import GeoInfo
-from mosaic_edge.errors import DataError
+from mosaic_edge.errors import ContractMismatchError, DataError
 from mosaic_edge.tile_format import Tile, TileLimits
 
 
@@ -129,8 +129,14 @@ def prepare_tile(tile: Tile, contract: Contract, limits: TileLimits = TileLimits
         check_sar: Apply the mostly-invalid-SAR rule (a scene's regions leave it to the whole scene).
 
     Raises:
-        DataError: the tile is smaller than one patch or its SAR is mostly invalid (NaN/inf/nodata).
+        DataError: the tile is smaller than one patch, its SAR is mostly invalid (NaN/inf/nodata), or its optical
+            data declares another Sentinel-2 processing level than the model's (L1C vs L2A).
     """
+    if tile.optical is not None:
+        try:
+            contract.check_optical_product(tile.optical_product, tile.id)
+        except ContractMismatchError as exc:
+            raise DataError(str(exc)) from exc
     sar = stack_bands(tile.sar, contract.sar_bands, None, "sar") if isinstance(tile.sar, dict) else tile.sar
     h, w = int(sar.shape[-2]), int(sar.shape[-1])
     p = contract.patch_size

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mosaic_edge.contract import OPTICAL_PRODUCTS
 from mosaic_edge.data.tiff import GeoInfo, decode_tiff_meta
 from mosaic_edge.errors import DataError
 from mosaic_edge.tile_bands import decode_band_tile
@@ -122,6 +123,7 @@ class Tile:
     sar_nodata: float | None = None
     optical_nodata: float | None = None
     optical_mask: np.ndarray | None = None
+    optical_product: str | None = None  # "L2A" / "L1C" when the tile says (npz key, S2 product name), else None
 
 
 def optical_mask(scl: np.ndarray | None, cloud: np.ndarray | None, shape: tuple[int, int], name: str
@@ -335,7 +337,13 @@ def _npz_tile(data: memoryview, name: str, tile_id: str, limits: TileLimits) -> 
     mask = None
     if "scl" in arrays or "cloud_mask" in arrays:
         mask = optical_mask(arrays.get("scl"), arrays.get("cloud_mask"), sar.shape[1:], name)
-    return Tile(tile_id, sar, optical, _geo_from_npz(arrays, name), cloudy, "npz", optical_mask=mask)
+    product = None
+    if "optical_product" in arrays:
+        product = str(np.asarray(arrays["optical_product"]).item())
+        if product not in OPTICAL_PRODUCTS:
+            raise DataError(f"{name}: optical_product {product[:20]!r}, expected one of {list(OPTICAL_PRODUCTS)}")
+    return Tile(tile_id, sar, optical, _geo_from_npz(arrays, name), cloudy, "npz", optical_mask=mask,
+                optical_product=product)
 
 
 def _geotiff_pair(s1: tuple[str, memoryview], s2: tuple[str, memoryview] | None, tile_id: str,
@@ -428,7 +436,8 @@ def read_tile(path: str | Path, tile_id: str | None = None, limits: TileLimits =
 
 def write_tile(path: str | Path, sar: np.ndarray, optical: np.ndarray | None = None, *,
                cloudy: bool | None = None, transform: Sequence[float] | None = None,
-               crs: str | None = None, scl: np.ndarray | None = None, cloud_mask: np.ndarray | None = None) -> Path:
+               crs: str | None = None, scl: np.ndarray | None = None, cloud_mask: np.ndarray | None = None,
+               optical_product: str | None = None) -> Path:
     """Write one ``.npz`` tile atomically (a dot-named temp file renamed into place).
 
     The temp name starts with ``.``, which the spool ignores, so a tile written straight into ``incoming/``
@@ -443,6 +452,8 @@ def write_tile(path: str | Path, sar: np.ndarray, optical: np.ndarray | None = N
         crs: ``"EPSG:<code>"`` of ``transform``.
         scl: uint8 [H, W] Sentinel-2 scene classification on the same grid.
         cloud_mask: [H, W], non-zero where the optical data is unusable.
+        optical_product: Processing level of ``optical``, ``"L2A"`` or ``"L1C"`` (the runtime refuses a tile
+            whose level differs from the model's).
 
     Raises:
         ValueError: the arrays do not have the tile shapes.
@@ -467,6 +478,10 @@ def write_tile(path: str | Path, sar: np.ndarray, optical: np.ndarray | None = N
         arrays["transform"] = t
     if crs is not None:
         arrays["crs"] = np.asarray(str(crs))
+    if optical_product is not None:
+        if optical_product not in OPTICAL_PRODUCTS:
+            raise ValueError(f"write_tile: optical_product must be one of {list(OPTICAL_PRODUCTS)}")
+        arrays["optical_product"] = np.asarray(optical_product)
     for key, mask in (("scl", scl), ("cloud_mask", cloud_mask)):
         if mask is not None:
             mask = np.asarray(mask)

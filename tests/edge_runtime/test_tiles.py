@@ -319,3 +319,21 @@ def test_windows_cut_once_per_tile_or_batch_by_batch_give_the_same_batches(tmp_p
             for k in got:
                 np.testing.assert_array_equal(got[k], want[k])
                 assert len(got[k]) == b - a + 2
+
+
+def test_a_tile_of_another_product_level_is_refused(tmp_path, contract, benv2_root):
+    """SEN12MS-style L1C optical served to an L2A (BigEarthNet) model, or the reverse, is refused, not mixed."""
+    l1c = read_tile(write_npz_tile(tmp_path / "l1c.npz", optical_product="L1C"))
+    assert l1c.optical_product == "L1C"
+    with pytest.raises(DataError, match="l1c: optical data is Sentinel-2 L1C, the model takes L2A"):
+        prepare_tile(l1c, contract)
+    prepare_tile(l1c, contract.replace(optical_product="L1C"))  # an L1C model takes it
+    sar_only = read_tile(write_npz_tile(tmp_path / "s1.npz", optical=False, optical_product="L1C"))
+    prepare_tile(sar_only, contract)  # no optical data, nothing to mix
+    undeclared = read_tile(write_npz_tile(tmp_path / "plain.npz"))
+    assert undeclared.optical_product is None
+    prepare_tile(undeclared, contract)
+    folder = read_tile(copy_benv2_tile(benv2_root, 0, tmp_path / "ben"))  # S2A_MSIL2A_... patch names
+    assert folder.optical_product == "L2A"
+    with pytest.raises(ValueError, match="optical_product"):
+        write_npz_tile(tmp_path / "bad.npz", optical_product="L3")
