@@ -90,8 +90,10 @@ def audit(spool: Path, n: int) -> dict:
     bad_records, hash_mismatch = [], []
     for p in results:
         lines = p.read_text().splitlines()
-        recs = [json.loads(line) for line in lines]
-        if len(recs) != 1 or recs[0]["tile"] != p.stem or recs[0]["patch"] != 0:
+        summary, *recs = [json.loads(line) for line in lines]  # the tile summary, then one record per window
+        if (summary.get("type") != "tile" or summary["tile"] != p.stem or summary["windows"] != 1
+                or summary["input_sha256"] != (recs[0]["input_sha256"] if recs else None)
+                or len(recs) != 1 or recs[0]["tile"] != p.stem or recs[0]["patch"] != 0):
             bad_records.append(p.name)
             continue
         inp = spool / "done" / f"{p.stem}.npz"

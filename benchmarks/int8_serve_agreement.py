@@ -111,7 +111,8 @@ def read_records(spool: Path) -> dict[tuple[str, int], dict[str, Any]]:
     for path in sorted((spool / "results").glob("*.jsonl")):
         for line in path.read_text().splitlines():
             r = json.loads(line)
-            out[(r["tile"], r["patch"])] = r
+            if r.get("type") != "tile":  # the tile summary
+                out[(r["tile"], r["patch"])] = r
     return out
 
 

@@ -15,7 +15,7 @@ Where the Q/DQ go, and why, is :mod:`mosaic_edge.calibration.placement`.
 
 Calibration runs ONCE per call through :func:`calibrate`; the same ranges feed the Q/DQ model (handed to
 ``quantize_static`` as its calibration cache) and the per-tensor amax the TensorRT calibration cache is
-written from (:mod:`mosaic_edge.calibration.trt_cache`), so the two cannot disagree. The run covers every
+written from (:mod:`mosaic_edge.trt_calib_cache`), so the two cannot disagree. The run covers every
 tensor of the graph (not only the quantized ones): the legacy implicit-INT8 path needs a range for each
 tensor TensorRT may run in INT8, Conv outputs included.
 

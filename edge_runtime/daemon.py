@@ -6,7 +6,7 @@
   and hashing release the GIL -- and queues them (at most ``queue_tiles`` ahead of inference);
 * inference (the thread calling :meth:`Daemon.run`): gathers patches into batches of up to ``batch`` or
   whatever arrived within ``max_wait_ms`` of the first one, cuts their windows straight into the runner's
-  input buffers, runs the runner, and hands finished tiles on -- in the order they were read;
+  input buffers, runs the runner, and hands finished tiles on;
 * writer (:class:`~mosaic_edge.edge_runtime.commit.Committer`): writes results atomically, then moves inputs
   to ``done/``, a group of tiles per directory fsync, so inference never waits on the disk.
 
@@ -15,9 +15,13 @@ export's calibration envelope; after each INT8 batch the inference thread queues
 policy flags (borderline or drifted) and re-runs them with the higher-precision runner in batches -- up to
 ``batch`` windows or whatever was flagged within ``max_wait_ms`` of the first one, or at once when no more
 tiles are coming -- on the same thread, so both runners are never busy at once. A tile is handed to the writer
-only when every window is answered, and tiles leave in the order they were read.
+only when every window is answered; tiles finished after it wait for its re-runs, so the fallback never changes
+the order in which tiles are committed.
 
-A full queue blocks the stage before it, so a slow disk slows reading instead of filling memory. A bad tile
+A full queue blocks the stage before it, so a slow disk slows reading instead of filling memory. A scene (a
+GeoTIFF pair too large to hold, :mod:`mosaic_edge.scene`) goes through the same queue as pieces -- blocks of its
+windows, cut region by region (:func:`~mosaic_edge.edge_runtime.pipeline.open_job`) -- so the queue bounds
+memory for scenes too; its results are committed once, when its last window is answered. A bad tile
 goes to ``failed/`` with a one-line reason and the daemon carries on. A full output disk pauses the writer and
 retries with back-off; nothing is moved before its results are on disk. SIGTERM/SIGINT: stop taking tiles,
 finish and commit what is queued, exit 0.
@@ -56,13 +60,27 @@ EXIT_SPOOL_GONE = 75
 
 @dataclass(eq=False)  # identity semantics: queue items and dict keys
 class InFlight:
-    """A job on its way through the daemon: the spool entry it came from and its batching state."""
+    """A job (or a piece of a scene's job) on its way through the daemon: the spool entry it came from and its
+    batching state."""
 
     job: pipeline.Job
     candidate: Candidate
     enqueued: float
-    next_index: int = 0  # first window not yet handed to a batch
-    failed: bool = False
+    next_index: int = 0  # first window (of ``unit``) not yet handed to a batch
+    piece: pipeline.Piece | None = None  # a scene's block of windows; None: the whole job
+
+    @property
+    def unit(self) -> pipeline.Job | pipeline.Piece:
+        """What is batched: the piece, or the whole job."""
+        return self.piece if self.piece is not None else self.job
+
+    @property
+    def failed(self) -> bool:  # per tile: every piece of a failed scene is dropped
+        return self.job.failed
+
+    @failed.setter
+    def failed(self, value: bool) -> None:
+        self.job.failed = value
 
     @property
     def tile_id(self) -> str:
@@ -129,7 +147,8 @@ class Daemon:
         # A TensorRT engine's profile caps the batch; never hand it more.
         self.batch = min(config.batch, runner.max_batch or config.batch)
         self._reruns = Reruns(self.safety, self.batch, config.max_wait_ms / 1e3, self._count)
-        self._unfinished: deque[InFlight] = deque()  # in the order read: committed in this order
+        self._unfinished: deque[InFlight] = deque()  # one per tile, in the order read (see _hand_over)
+        self._tracked: set[pipeline.Job] = set()  # the tiles in _unfinished
         self._committer = Committer(self.spool, runner, self.metrics, self._stop, self._fail, self._release,
                                     config.disk_retry_s, config.disk_retry_max_s, config.write_queue)
 
@@ -200,25 +219,67 @@ class Daemon:
 
 
     def _load_and_queue(self, cand: Candidate) -> bool:
-        """Read, verify, prepare and plan an accepted tile and queue it; False when stopped meanwhile.
+        """Read, verify, prepare and plan an accepted tile and queue it (a scene: piece by piece); False when
+        stopped before anything was queued.
 
-        Raises what :func:`pipeline.load` raises for a bad tile (the caller fails or defers it).
+        Raises what :func:`pipeline.open_job` raises for a bad tile (the caller fails or defers it); a scene
+        that turns out bad after some of its pieces were queued is failed here.
         """
-        job = pipeline.load(cand.path, cand.tile_id, self.runner.contract, self.config.limits, self.config.stride,
-                            allow_sar_only=cand.marker, net=self.safety)
+        job, units = pipeline.open_job(cand.path, cand.tile_id, self.runner.contract, self.config.limits,
+                                       self.config.stride, allow_sar_only=cand.marker, net=self.safety)
+        queued = 0
+        try:
+            for unit in units:
+                item = InFlight(job, cand, time.perf_counter(),
+                                piece=unit if isinstance(unit, pipeline.Piece) else None)
+                if not self._put(item):
+                    if queued:
+                        self._abandon(item, None)  # shutting down: the tile stays in incoming/ and is redone
+                    return bool(queued)
+                queued += 1
+        except Exception as exc:
+            if not queued:
+                raise
+            if isinstance(exc, DataError):
+                reason = str(exc)
+            elif isinstance(exc, OSError):
+                reason = f"{cand.tile_id}: unreadable or vanished ({type(exc).__name__}: {exc})"
+            else:
+                log.exception("unexpected error reading a scene", extra={"fields": {"tile": cand.tile_id}})
+                reason = f"internal error: {type(exc).__name__}: {exc}"
+            self._abandon(InFlight(job, cand, 0.0), reason)
+            return True
+        finally:
+            close = getattr(units, "close", None)
+            if close is not None:
+                close()  # a scene's files
         t = job.timings_ms
         self.metrics.observe("read", (t["read"] + t["verify"]) / 1e3)
         self.metrics.observe("preprocess", (t["prepare"] + t["cut"]) / 1e3)
         if "drift" in t:
             self.metrics.observe("drift", t["drift"] / 1e3)
-        item = InFlight(job, cand, time.perf_counter())
-        while not self._stop.is_set():
+        return True
+
+    def _put(self, item: InFlight) -> bool:
+        """Queue one item, waiting while the queue is full; False when stopped (or its tile failed) first."""
+        while not self._stop.is_set() and not item.failed:
             try:
                 self._queue.put(item, timeout=0.2)
                 return True
             except queue.Full:
                 continue
         return False
+
+    def _abandon(self, item: InFlight, reason: str | None) -> None:
+        """A scene with pieces queued cannot finish: drop its pieces; fail it with ``reason`` (None: leave it in
+        incoming/ to be redone). Whoever marks the tile failed first fails and releases it."""
+        with self._lock:
+            if item.failed:
+                return
+            item.failed = True
+        if reason is not None:
+            self._fail(item.name, item.tile_id, reason)
+        self._release(item.candidate)
 
     def _settle_existing(self, cand: Candidate, digest: str, previous: str) -> None:
         """Results for this tile id exist: finish a crashed run, or refuse a duplicate."""
@@ -315,11 +376,11 @@ class Daemon:
                 if item.failed:  # failed in an earlier batch
                     backlog.popleft()
                     continue
-                k = min(self.batch - count, item.job.n - item.next_index)
+                k = min(self.batch - count, item.unit.n - item.next_index)
                 items.append((item, item.next_index, item.next_index + k))
                 item.next_index += k
                 count += k
-                if item.next_index == item.job.n:
+                if item.next_index == item.unit.n:
                     backlog.popleft()
                 first = first or time.perf_counter()
                 continue
@@ -340,10 +401,13 @@ class Daemon:
             if got is _SENTINEL:
                 self._reader_done = True
                 continue
-            got.job.timings_ms["queue"] = (time.perf_counter() - got.enqueued) * 1e3
-            self.metrics.observe("queue", got.job.timings_ms["queue"] / 1e3)
+            wait = (time.perf_counter() - got.enqueued) * 1e3
+            got.job.timings_ms["queue"] = got.job.timings_ms.get("queue", 0.0) + wait  # a scene: all its pieces
+            self.metrics.observe("queue", wait / 1e3)
             backlog.append(got)
-            self._unfinished.append(got)
+            if got.job not in self._tracked:  # a scene's later pieces keep their tile's place
+                self._tracked.add(got.job)
+                self._unfinished.append(got)
         self.metrics.set("queue_depth", self._queue.qsize() + len(backlog))
         return None if not items and self._reader_done else items
 
@@ -351,7 +415,7 @@ class Daemon:
         inflight = list(dict.fromkeys(i for i, _, _ in items))
         t0 = time.perf_counter()
         try:
-            batch = pipeline.batch_inputs(self.runner, self.batch, [(i.job, a, b) for i, a, b in items])
+            batch = pipeline.batch_inputs(self.runner, self.batch, [(i.unit, a, b) for i, a, b in items])
             t1 = time.perf_counter()
             out = self.runner.infer(batch)
         except Exception as exc:  # noqa: BLE001 - fail these tiles, keep serving
@@ -366,11 +430,16 @@ class Daemon:
         for item, a, b in items:
             if not item.failed:
                 timings = item.job.timings_ms
-                pipeline.store_outputs(item.job, a, {k: v[off:off + b - a] for k, v in out.items()})
+                pipeline.store_outputs(item.unit, a, {k: v[off:off + b - a] for k, v in out.items()})
                 timings["cut"] = timings.get("cut", 0.0) + (t1 - t0) * 1e3 * (b - a) / len(batch["sar"])
                 timings["infer"] = timings.get("infer", 0.0) + (t2 - t1) * 1e3
-                self._reruns.flag(item, item.job, a, b)  # queue what the fallback must re-run
+                # queue what the fallback must re-run, with a copy of those windows' inputs
+                self._reruns.flag(item, item.job, pipeline.unit_rows(item.unit, a, b),
+                                  {k: v[off:off + b - a] for k, v in batch.items()})
             off += b - a
+        for item, _, b in items:
+            if item.piece is not None and b == item.piece.n:
+                item.piece.inputs = None  # a scene's piece is done: its windows' memory goes now
 
     # ---- the fallback and the hand-over to the writer -------------------------------------------------------
     def _count(self, name: str, amount: int) -> None:
@@ -391,22 +460,29 @@ class Daemon:
             self.metrics.observe("fallback", time.perf_counter() - t0)
 
     def _hand_over(self) -> None:
-        """Hand the finished tiles at the head of the read order to the writer (one put, in order)."""
-        finished = []
-        while self._unfinished and (self._unfinished[0].failed or self._unfinished[0].job.complete):
-            item = self._unfinished.popleft()
-            if not item.failed:
-                finished.append(item)
+        """Hand the finished tiles to the writer (one put), as they finished before the fallback existed: a tile
+        whose windows are all inferred waits for its re-runs, and so do the finished tiles read after it (the
+        fallback never reorders tiles); a tile still being inferred (a scene's pieces) holds no one back."""
+        finished: list[InFlight] = []
+        waiting: deque[InFlight] = deque()
+        held = False  # an earlier tile waits for its re-runs
+        for item in self._unfinished:
+            job = item.job
+            if item.failed or (job.complete and not held):
+                self._tracked.discard(job)
+                if not item.failed:
+                    finished.append(item)  # one item per tile: a scene's pieces share its job
+                continue
+            held = held or job.n_done == job.n
+            waiting.append(item)
+        self._unfinished = waiting
         if finished:
             self._committer.put(finished)  # blocks only while the writer is write_queue batches behind
 
     def _fail_jobs(self, inflight: list[InFlight], reason: str) -> None:
         for item in inflight:
-            if not item.failed:
-                item.failed = True  # its remaining patches are dropped from the backlog
-                self._reruns.discard(item)
-                self._fail(item.name, item.tile_id, reason)
-                self._release(item.candidate)
+            self._reruns.discard(item.job)
+            self._abandon(item, reason)  # its remaining patches (and pieces) are dropped from the backlog
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
     def stop_fields(self) -> dict[str, Any]:

@@ -10,12 +10,19 @@ their SAR bands alone (:func:`check_windows`). Cost: benchmarks/RESULTS.md, "Dri
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mosaic_edge.envelope import DriftCheck, Envelope
+from mosaic_edge.contract import Contract
+from mosaic_edge.data.preprocess import stack_bands
+from mosaic_edge.envelope import DriftCheck, Envelope, sample
 from mosaic_edge.patching import Window
+from mosaic_edge.tile_format import Tile
+
+if TYPE_CHECKING:
+    from mosaic_edge.edge_runtime.tiles import PreparedTile
 
 
 def _merge(n: int, parts: Sequence[tuple[np.ndarray, DriftCheck]], bands: int) -> DriftCheck:
@@ -52,7 +59,8 @@ def check_windows(envelope: Envelope, x: np.ndarray, heads: Sequence[str], nodat
 
 
 def strided_windows(bands: np.ndarray | Sequence[np.ndarray], wins: Sequence[Window], step: int,
-                    out: np.ndarray, fill: Sequence[float] | None = None) -> np.ndarray:
+                    out: np.ndarray, fill: Sequence[float] | None = None, nodata: float | None = None
+                    ) -> np.ndarray:
     """Every ``step``-th row and column of each window of a whole tile, into float32 ``out`` [n, B, p, p].
 
     The same values as ``cut(...)[:, :, ::step, ::step]`` without cutting the windows: when every window starts
@@ -63,8 +71,9 @@ def strided_windows(bands: np.ndarray | Sequence[np.ndarray], wins: Sequence[Win
         wins: Windows of the tile.
         step: The envelope's stride.
         out: Where the samples go (``p = ceil(patch / step)``).
-        fill: Per band value replacing non-finite values (the band mean, as the runtime's preparation does);
-            None: the bands hold none.
+        fill: Per band value replacing non-finite values and ``nodata`` (the band mean, as the runtime's
+            preparation does); None: the bands hold none.
+        nodata: The tile's declared no-data value (GeoTIFF tag), or None.
     """
     n, b, p = out.shape[0], out.shape[1], out.shape[-1]
     rows, cols = sorted({w.row for w in wins}), sorted({w.col for w in wins})
@@ -87,7 +96,53 @@ def strided_windows(bands: np.ndarray | Sequence[np.ndarray], wins: Sequence[Win
         for k, w in enumerate(wins):
             for j, band in enumerate(bands):
                 out[k, j] = band[w.row:w.row + w.height:step, w.col:w.col + w.width:step]
-    if fill is not None and not np.isfinite(out).all():
-        value = np.asarray(fill, np.float32)[None, :, None, None]
-        np.copyto(out, np.broadcast_to(value, out.shape), where=~np.isfinite(out))
+    if fill is not None:
+        bad = ~np.isfinite(out)
+        if nodata is not None and np.isfinite(nodata):
+            bad |= out == np.float32(nodata)
+        if bad.any():
+            np.copyto(out, np.broadcast_to(np.asarray(fill, np.float32)[None, :, None, None], out.shape), where=bad)
     return out
+
+
+def check_drift(envelope: Envelope, contract: Contract, wins: Sequence[Window], heads: Sequence[str],
+                optical_invalid: np.ndarray, inputs: Mapping[str, np.ndarray] | None, prepared: PreparedTile,
+                tile: Tile) -> DriftCheck:
+    """Drift check of the windows ``wins`` of a prepared tile (or of a scene's region).
+
+    Args:
+        envelope / contract: The export's envelope; the model's contract (its input form).
+        wins / heads / optical_invalid: The windows (in the coordinates of ``prepared``), which head answers
+            each, and the share of each one's optical pixels that are unusable (no-data among them).
+        inputs: The windows cut for the runner (None: cut batch by batch later). A raw-input artefact's hold
+            raw values: they are sampled. Otherwise the sample comes from the whole tile: ``prepared`` (raw
+            form, already filled), or ``tile`` as read (standardised form; per-band files resampled onto the
+            10 m grid as prepare did, non-finite and declared no-data values replaced by the band mean as
+            prepare does for raw inputs).
+    """
+    ns, step = envelope.n_sar, envelope.stride
+    usable = prepared.optical_usable and prepared.optical is not None
+    if contract.input_form == "raw" and inputs is not None:
+        x = sample(inputs["sar"], inputs["optical"] if usable else None, step)
+    else:
+        fills: tuple[tuple[float, ...] | None, tuple[float, ...] | None] = (None, None)  # raw: filled by prepare
+        nodata = (tile.sar_nodata, tile.optical_nodata)
+        if contract.input_form == "raw":
+            sar, optical = prepared.sar, prepared.optical
+        else:
+            size = prepared.shape
+            sar = (stack_bands(tile.sar, contract.sar_bands, size, "sar") if isinstance(tile.sar, dict)
+                   else tile.sar)
+            optical = (stack_bands(tile.optical, contract.optical_bands, size, "optical")
+                       if isinstance(tile.optical, dict) else tile.optical)
+            fills = (contract.sar_mean, contract.optical_mean)
+        p = -(-contract.patch_size // step)
+        n = len(wins)
+        x = np.empty((n, len(envelope.bands) if usable else ns, p, p), np.float32)
+        strided_windows(sar, wins, step, x[:, :ns], fills[0], nodata[0])
+        if usable:
+            assert optical is not None
+            strided_windows(optical, wins, step, x[:, ns:], fills[1], nodata[1])
+        x = x.reshape(n, x.shape[1], p * p)
+    fused_inv = optical_invalid if "sar" not in heads else optical_invalid[[h == "fused" for h in heads]]
+    return check_windows(envelope, x, heads, nodata_free=not np.any(fused_inv))

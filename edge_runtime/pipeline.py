@@ -14,11 +14,18 @@ caller runs -- and the profiler times -- exactly the same code:
   copy per tile into the runner's :meth:`~Runner.input_buffers`); a large tile, whose windows would take more
   than :data:`PRECUT_MAX_BYTES`, is cut straight into the batch buffers by :func:`fill` instead;
 * :func:`drift`: the INT8 safety net's drift check of every window against the export's calibration envelope,
-  on the raw values the host holds (:mod:`mosaic_edge.edge_runtime.drift`);
+  on the raw values the host holds (:mod:`mosaic_edge.edge_runtime.drift`; a scene's piece by piece);
 * :func:`result_files`: the JSON Lines (and GeoJSON) bytes of a finished tile, built once.
 
-After inference, :func:`gather_windows` / :func:`store_rows` move the windows the borderline fallback re-runs
-(:class:`~mosaic_edge.edge_runtime.safety.Reruns`) into the fallback runner's batch and its answers back.
+After inference, the windows the borderline fallback flags are re-run by the higher-precision runner
+(:class:`~mosaic_edge.edge_runtime.safety.Reruns`) before the tile's records are built.
+
+A scene (:mod:`mosaic_edge.scene`: a GeoTIFF pair too large to hold) never exists whole in memory:
+:func:`open_job` gives its :class:`Job` (all window positions, row-major; the per-window answers) and a generator
+of :class:`Piece` s -- blocks of windows read, prepared and cut region by region, about
+:attr:`~mosaic_edge.tile_format.TileLimits.chunk_bytes` each -- that the daemon queues one at a time, so its
+bounded queues bound memory for scenes as for tiles. The SHA-256 is streamed alongside and set on the job
+before the last piece is handed out; the results are written once, when every window is answered.
 
 One-shot prediction and the spool daemon therefore produce byte-for-byte the same records for the same tile
 and runner (apart from timings).
@@ -26,6 +33,7 @@ and runner (apart from timings).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,16 +44,16 @@ import numpy as np
 
 from mosaic_edge import patching
 from mosaic_edge.contract import Contract
-from mosaic_edge.data.preprocess import stack_bands
 from mosaic_edge.data.tiff import GeoInfo
 from mosaic_edge.edge_runtime import postprocess
-from mosaic_edge.edge_runtime.drift import check_windows, strided_windows
+from mosaic_edge.edge_runtime.drift import check_drift
 from mosaic_edge.edge_runtime.runner import Runner
-from mosaic_edge.edge_runtime.safety import Reruns, SafetyNet
-from mosaic_edge.edge_runtime.tiles import PreparedTile, prepare_tile
-from mosaic_edge.envelope import DriftCheck, sample
+from mosaic_edge.edge_runtime.safety import RerunFailed, Reruns, SafetyNet
+from mosaic_edge.edge_runtime.tiles import PreparedTile, check_crs, prepare_tile
+from mosaic_edge.envelope import DriftCheck
 from mosaic_edge.errors import DataError
-from mosaic_edge.tile_format import Tile, TileFiles, TileLimits, decode, read_files
+from mosaic_edge.scene import Scene, open_scene
+from mosaic_edge.tile_format import Tile, TileFiles, TileLimits, decode, read_files, tile_files
 
 
 @dataclass(eq=False)  # identity semantics: jobs are dict keys
@@ -82,6 +90,7 @@ class Job:
     timings_ms: dict[str, float] = field(default_factory=dict)
     n_done: int = 0
     logits: dict[str, np.ndarray] = field(default_factory=dict)
+    failed: bool = False  # set once; its remaining windows are dropped and it is never committed
     drift: DriftCheck | None = None
     drift_bands: tuple[str, ...] = ()
     rerun: np.ndarray | None = None
@@ -103,6 +112,39 @@ class Job:
         if self.rerun is None:
             self.rerun = np.zeros(self.n, np.uint8)
         return self.rerun
+
+    def set_drift(self, rows: slice | np.ndarray, check: DriftCheck, bands: tuple[str, ...]) -> None:
+        """Keep the drift check of windows ``rows`` (a scene's are checked piece by piece)."""
+        if self.drift is None:
+            n = self.n
+            self.drift = DriftCheck(np.zeros((n, len(bands))), np.zeros(n), np.full(n, np.nan), np.zeros(n, bool))
+            self.drift_bands = bands
+        for name in ("per_band", "combined", "distance", "drifted"):
+            getattr(self.drift, name)[rows] = getattr(check, name)
+
+
+@dataclass(eq=False)
+class Piece:
+    """Windows ``index`` of a scene's ``job``, cut (``inputs``: row k = window ``index[k]``).
+
+    Offers what :func:`batch_inputs` / :func:`fill` and :func:`store_outputs` use of a :class:`Job`, in its own
+    row numbering, so the daemon batches pieces and small tiles alike.
+    """
+
+    job: Job
+    index: np.ndarray
+    inputs: dict[str, np.ndarray] | None
+    windows: list[patching.Window]  # in the coordinates of ``source``
+    source: PreparedTile | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.index)
+
+
+def unit_rows(unit: Job | Piece, a: int, b: int) -> np.ndarray:
+    """The job's window indices of windows ``a:b`` of a job or of a piece of one."""
+    return unit.index[a:b] if isinstance(unit, Piece) else np.arange(a, b)
 
 
 # ---- the stages --------------------------------------------------------------------------------------------
@@ -152,7 +194,7 @@ def cut(prepared: PreparedTile, contract: Contract, name: str, input_sha256: str
     return job
 
 
-def fill(buffers: dict[str, np.ndarray], parts: Sequence[tuple[Job, int, int]]) -> dict[str, np.ndarray]:
+def fill(buffers: dict[str, np.ndarray], parts: Sequence[tuple[Job | Piece, int, int]]) -> dict[str, np.ndarray]:
     """Copy windows ``a:b`` of each job, in order, into the first rows of ``buffers``; return those rows.
 
     Args:
@@ -172,7 +214,7 @@ def fill(buffers: dict[str, np.ndarray], parts: Sequence[tuple[Job, int, int]]) 
     return {name: buf[:row] for name, buf in buffers.items()}
 
 
-def batch_inputs(runner: Runner, rows: int, parts: Sequence[tuple[Job, int, int]]) -> dict[str, np.ndarray]:
+def batch_inputs(runner: Runner, rows: int, parts: Sequence[tuple[Job | Piece, int, int]]) -> dict[str, np.ndarray]:
     """The model inputs of a batch: views of a job's cut windows when the batch lies in one job, else
     :func:`fill` into ``runner.input_buffers(rows)``."""
     if len(parts) == 1 and parts[0][0].inputs is not None:
@@ -182,72 +224,14 @@ def batch_inputs(runner: Runner, rows: int, parts: Sequence[tuple[Job, int, int]
     return fill(runner.input_buffers(rows), parts)
 
 
-# ---- the safety net's stages (drift on the reader side; the fallback's windows after inference) -------------
+# ---- the safety net's stages (drift on the reader side; the record fields) ---------------------------------
 def drift(job: Job, prepared: PreparedTile, tile: Tile, contract: Contract, net: SafetyNet) -> None:
-    """Drift check of every window of ``job`` against ``net.envelope`` (raw units), kept in ``job.drift``.
-
-    Raw-input artefacts: the windows cut for the runner already hold raw values (the check samples them); a
-    scene cut batch by batch, and standardised artefacts (whose host arrays are standardised), are sampled
-    straight from the whole tile's raw arrays, non-finite values as the runtime's preparation replaces them.
-    """
-    env = net.envelope
-    if env is None:
-        return
-    ns, step = env.n_sar, env.stride
-    usable = prepared.optical_usable and (prepared.optical is not None)
-    if contract.input_form == "raw" and job.inputs is not None:
-        x = sample(job.inputs["sar"], job.inputs["optical"] if usable else None, step)
-    else:
-        fills: tuple[tuple[float, ...] | None, tuple[float, ...] | None]
-        if contract.input_form == "raw":  # already filled by prepare
-            sar, optical, fills = prepared.sar, prepared.optical, (None, None)
-        else:  # the tile as read, in physical units (per-band files resampled onto the 10 m grid as prepare did)
-            size = prepared.shape
-            sar = (stack_bands(tile.sar, contract.sar_bands, size, "sar") if isinstance(tile.sar, dict)
-                   else tile.sar)
-            optical = (stack_bands(tile.optical, contract.optical_bands, size, "optical")
-                       if isinstance(tile.optical, dict) else tile.optical)
-            fills = (contract.sar_mean, contract.optical_mean)
-        p = -(-contract.patch_size // step)
-        x = np.empty((job.n, len(env.bands) if usable else ns, p, p), np.float32)
-        strided_windows(sar, job.windows, step, x[:, :ns], fills[0])
-        if usable:
-            assert optical is not None
-            strided_windows(optical, job.windows, step, x[:, ns:], fills[1])
-        x = x.reshape(job.n, x.shape[1], p * p)
-    inv = job.optical_invalid  # per window: a no-data pixel is an invalid one
-    fused_inv = inv if "sar" not in job.heads else inv[[h == "fused" for h in job.heads]]
-    job.drift = check_windows(env, x, job.heads, nodata_free=not fused_inv.any())
-    job.drift_bands = env.bands
-
-
-def gather_windows(buffers: dict[str, np.ndarray], parts: Sequence[tuple[Job, np.ndarray]]
-                   ) -> dict[str, np.ndarray]:
-    """Copy windows ``rows`` of each job, in order, into the first rows of ``buffers`` (the fallback runner's
-    :meth:`~Runner.input_buffers`); return those rows. The windows come from the job's cut block, or are cut
-    again from its whole-tile inputs (a scene cut batch by batch)."""
-    row = 0
-    for job, rows in parts:
-        k = len(rows)
-        for name, buf in buffers.items():
-            if job.inputs is not None:
-                np.take(job.inputs[name], rows, axis=0, out=buf[row:row + k])
-            else:
-                assert job.source is not None
-                patching.cut_into(buf[row:row + k], getattr(job.source, name), [job.windows[i] for i in rows])
-        row += k
-    return {name: buf[:row] for name, buf in buffers.items()}
-
-
-def store_rows(job: Job, rows: np.ndarray, outputs: dict[str, np.ndarray], precision: str) -> None:
-    """Replace the head logits of windows ``rows`` of ``job`` by the fallback runner's (of ``precision``)."""
-    for name in set(postprocess.HEAD_OUTPUTS.values()):
-        job.logits[name][rows] = outputs[name]
-    if job.answered_fallback is None:
-        job.answered_fallback = np.zeros(job.n, bool)
-    job.answered_fallback[rows] = True
-    job.fallback_precision = precision
-    job.rerun_pending -= len(rows)
+    """Drift check of every window of ``job`` against ``net.envelope`` (raw units), kept in ``job.drift``
+    (:func:`mosaic_edge.edge_runtime.drift.check_drift`; none without an envelope)."""
+    if net.envelope is not None:
+        check = check_drift(net.envelope, contract, job.windows, job.heads, job.optical_invalid, job.inputs,
+                            prepared, tile)
+        job.set_drift(slice(None), check, net.envelope.bands)
 
 
 def safety_fields(job: Job, runner: Runner) -> postprocess.SafetyFields:
@@ -256,13 +240,15 @@ def safety_fields(job: Job, runner: Runner) -> postprocess.SafetyFields:
                                     job.fallback_precision, job.rerun)
 
 
-def store_outputs(job: Job, start: int, outputs: dict[str, np.ndarray]) -> None:
-    """Keep the head logits of patches ``start .. start+len`` of ``job``."""
+def store_outputs(unit: Job | Piece, start: int, outputs: dict[str, np.ndarray]) -> None:
+    """Keep the head logits of patches ``start .. start+len`` of a job (or of a piece of one)."""
     k = len(next(iter(outputs.values())))
+    job = unit.job if isinstance(unit, Piece) else unit
+    rows: slice | np.ndarray = unit.index[start:start + k] if isinstance(unit, Piece) else slice(start, start + k)
     for name in set(postprocess.HEAD_OUTPUTS.values()):
         if name not in job.logits:
             job.logits[name] = np.zeros((job.n, outputs[name].shape[1]), np.float32)
-        job.logits[name][start:start + k] = outputs[name]
+        job.logits[name][rows] = outputs[name]
     job.n_done += k
 
 
@@ -273,11 +259,14 @@ def _extra(job: Job, runner: Runner) -> dict[str, Any]:
 
 
 def job_records(job: Job, runner: Runner) -> list[dict[str, Any]]:
-    """The JSON Lines records of a finished job, as dicts."""
+    """The JSON Lines records of a finished job, as dicts: the tile summary, then one record per window."""
     scores = postprocess.patch_scores(job.logits, job.heads)
-    return postprocess.tile_records(job.tile_id, job.windows, job.heads, scores, runner.contract,
-                                    job.geo, job.optical_invalid, _extra(job, runner),
-                                    safety=safety_fields(job, runner))
+    extra = _extra(job, runner)
+    safety = safety_fields(job, runner)
+    summary = postprocess.tile_summary(job.tile_id, job.windows, job.heads, scores, runner.contract, job.geo, extra,
+                                       safety=safety)
+    return [summary, *postprocess.tile_records(job.tile_id, job.windows, job.heads, scores, runner.contract,
+                                               job.geo, job.optical_invalid, extra, safety=safety)]
 
 
 def result_files(job: Job, runner: Runner) -> tuple[bytes, bytes | None]:
@@ -313,10 +302,11 @@ def load(path: Path, tile_id: str, contract: Contract, limits: TileLimits = Tile
     return job
 
 
-def infer_job(runner: Runner, job: Job, batch: int = 8, reruns: Reruns | None = None) -> None:
-    """Run all windows of ``job`` through an active ``runner``, ``batch`` at a time; with ``reruns``, then the
-    windows its fallback flags, in batches, through the fallback runner."""
+def infer_job(runner: Runner, job: Job | Piece, batch: int = 8, reruns: Reruns | None = None) -> None:
+    """Run all windows of ``job`` (or of a piece of one) through an active ``runner``, ``batch`` at a time; with
+    ``reruns``, queue the windows its fallback must re-run (the caller runs them: ``reruns.run``)."""
     batch = min(batch, runner.max_batch or batch)
+    timings = job.job.timings_ms if isinstance(job, Piece) else job.timings_ms
     for a in range(0, job.n, batch):
         b = min(a + batch, job.n)
         t0 = time.perf_counter()
@@ -324,13 +314,11 @@ def infer_job(runner: Runner, job: Job, batch: int = 8, reruns: Reruns | None = 
         t1 = time.perf_counter()
         store_outputs(job, a, runner.infer(inputs))
         t2 = time.perf_counter()
-        job.timings_ms["cut"] = job.timings_ms.get("cut", 0.0) + (t1 - t0) * 1e3
-        job.timings_ms["infer"] = job.timings_ms.get("infer", 0.0) + (t2 - t1) * 1e3
+        timings["cut"] = timings.get("cut", 0.0) + (t1 - t0) * 1e3
+        timings["infer"] = timings.get("infer", 0.0) + (t2 - t1) * 1e3
         if reruns is not None:
-            reruns.flag(job, job, a, b)
-    if reruns is not None:
-        for _ in reruns.run(everything=True):
-            pass
+            whole = job.job if isinstance(job, Piece) else job
+            reruns.flag(whole, whole, unit_rows(job, a, b), inputs)
 
 
 def predict_paths(runner: Runner, paths: Iterable[str | Path], batch: int = 8, stride: int | None = None,
@@ -341,22 +329,137 @@ def predict_paths(runner: Runner, paths: Iterable[str | Path], batch: int = 8, s
     ``runner`` (and ``net``'s fallback runner) must be active. Explicitly named files are complete, so S1-only
     folders are SAR-only tiles. ``reruns`` (default: a queue over ``net`` with ``batch``) keeps the counts.
     """
-    from mosaic_edge.edge_runtime.safety import RerunFailed
-
     if net is not None and reruns is None:
         reruns = Reruns(net, batch)
     for p in paths:
         path = Path(p)
         try:
-            job = load(path, path.name.removesuffix(".npz"), runner.contract, limits, stride, allow_sar_only, net)
+            job, units = open_job(path, path.name.removesuffix(".npz"), runner.contract, limits, stride,
+                                  allow_sar_only, net)
+            for unit in units:
+                infer_job(runner, unit, batch, reruns)
+            if reruns is not None:
+                for _ in reruns.run(everything=True):
+                    pass
         except DataError as exc:
             yield path, None, str(exc)
             continue
-        try:
-            infer_job(runner, job, batch, reruns)
         except RerunFailed as exc:
             assert reruns is not None
             reruns.discard(job)
             yield path, None, str(exc)
             continue
         yield path, job_records(job, runner), None
+
+
+# ---- scenes ------------------------------------------------------------------------------------------------
+def _maybe_scene(path: Path, limits: TileLimits) -> bool:
+    """A cheap first test (two ``stat`` calls): could this folder be a scene? (:func:`open_scene` decides.)"""
+    total = 0
+    for name in ("s1.tif", "s2.tif"):
+        try:
+            total += os.stat(path / name, follow_symlinks=False).st_size
+        except OSError:
+            continue
+    return total >= limits.chunk_bytes // 4
+
+
+def open_job(path: Path, tile_id: str, contract: Contract, limits: TileLimits = TileLimits(),
+             stride: int | None = None, allow_sar_only: bool = False, net: SafetyNet | None = None
+             ) -> tuple[Job, Iterator[Job | Piece]]:
+    """A tile's job and the units to infer: the job itself for a tile read whole (:func:`load`), pieces of it
+    for a scene (module docstring). Exhaust or close the iterator; a bad scene region raises from it. With
+    ``net``'s envelope every window is drift-checked (a scene's piece by piece).
+
+    Raises:
+        DataError / MissingPartnerError: as :func:`load`.
+    """
+    if path.is_dir() and _maybe_scene(path, limits):
+        scene = open_scene(path, tile_id, tile_files(path, limits), limits, allow_sar_only)
+        if scene is not None:
+            try:
+                job = _scene_job(scene, path.name, contract, limits, stride)
+            except BaseException:
+                scene.close()
+                raise
+            return job, _scene_pieces(scene, job, contract, limits, net)
+    job = load(path, tile_id, contract, limits, stride, allow_sar_only, net)
+    return job, iter([job])
+
+
+def _scene_job(scene: Scene, name: str, contract: Contract, limits: TileLimits, stride: int | None) -> Job:
+    height, width = scene.shape
+    if scene.geo is not None and scene.geo.crs:
+        check_crs(scene.geo.crs, scene.tile_id)
+    p = contract.patch_size
+    if height < p or width < p:
+        raise DataError(f"{scene.tile_id}: tile of {height}x{width} pixels is smaller than the {p}x{p} model patch")
+    wins = patching.windows(height, width, p, stride)
+    if len(wins) > limits.max_windows:
+        raise DataError(f"{scene.tile_id}: {len(wins)} windows exceed the limit of {limits.max_windows}")
+    return Job(scene.tile_id, name, wins, ["fused"] * len(wins), np.zeros(len(wins)), "", scene.geo)
+
+
+def scene_blocks(job: Job, patch: int, pixel_bytes: int, chunk_bytes: int) -> list[np.ndarray]:
+    """The scene's windows grouped into square blocks whose region takes about ``chunk_bytes`` (pixels at
+    ``pixel_bytes``), row-major; each block as the job's window indices, row-major within the block."""
+    rows = sorted({w.row for w in job.windows})
+    cols = sorted({w.col for w in job.windows})
+    side = max(patch, int((chunk_bytes / max(1, pixel_bytes)) ** 0.5))
+    step = rows[1] - rows[0] if len(rows) > 1 else patch
+    k = max(1, (side - patch) // max(1, step) + 1)
+    grid = np.arange(len(rows) * len(cols)).reshape(len(rows), len(cols))
+    return [grid[i:i + k, j:j + k].ravel() for i in range(0, len(rows), k) for j in range(0, len(cols), k)]
+
+
+def _scene_pieces(scene: Scene, job: Job, contract: Contract, limits: TileLimits, net: SafetyNet | None = None
+                  ) -> Iterator[Piece]:
+    """Read, prepare and cut a scene block by block (see the module docstring); closes the scene at the end."""
+    p = contract.patch_size
+    dtypes = {k: np.dtype(contract.input_dtype(k)) for k in contract.input_shapes()}
+    channels = {k: int(v[1]) for k, v in contract.input_shapes().items()}
+    cut_bytes = sum(channels[k] * dtypes[k].itemsize for k in dtypes)
+    blocks = scene_blocks(job, p, scene.bytes_per_pixel + cut_bytes, limits.chunk_bytes)
+    sar_bad = sar_all = 0.0
+    t = job.timings_ms
+    try:
+        for b, index in enumerate(blocks):
+            t0 = time.perf_counter()
+            wins = [job.windows[i] for i in index]
+            r0, c0 = wins[0].row, wins[0].col
+            r1, c1 = wins[-1].row + p, wins[-1].col + p
+            tile = scene.region(r0, c0, r1 - r0, c1 - c0)
+            t1 = time.perf_counter()
+            scene.hasher.advance((b + 1) / len(blocks))
+            t2 = time.perf_counter()
+            prepared = prepare_tile(tile, contract, limits, check_sar=False)
+            sar_bad += prepared.sar_invalid_fraction * (r1 - r0) * (c1 - c0)
+            sar_all += (r1 - r0) * (c1 - c0)
+            t3 = time.perf_counter()
+            local = [patching.Window(w.row - r0, w.col - c0, w.height, w.width) for w in wins]
+            inv = (np.ones(len(local)) if not prepared.optical_usable
+                   else patching.invalid_fractions(prepared.optical_invalid, local))
+            job.optical_invalid[index] = inv
+            for i, head in zip(index.tolist(), postprocess.choose_heads(inv, limits.max_invalid_fraction),
+                               strict=True):
+                job.heads[i] = head
+            inputs = {k: np.empty((len(local), channels[k], p, p), dtypes[k]) for k in dtypes}
+            patching.cut_into(inputs["sar"], prepared.sar, local)
+            patching.cut_into(inputs["optical"], prepared.optical, local)
+            t_cut = time.perf_counter()
+            if net is not None and net.envelope is not None:
+                job.set_drift(index, check_drift(net.envelope, contract, local, [job.heads[i] for i in index], inv,
+                                                 inputs, prepared, tile), net.envelope.bands)
+            t4 = time.perf_counter()
+            if b == len(blocks) - 1:
+                job.input_sha256 = scene.finish()
+                if sar_all and sar_bad / sar_all > limits.max_invalid_fraction:
+                    raise DataError(f"{scene.tile_id}: {sar_bad / sar_all:.0%} of S1 pixels are invalid "
+                                    f"(NaN/inf/nodata), limit {limits.max_invalid_fraction:.0%}")
+            t5 = time.perf_counter()
+            stages = [("read", t1 - t0), ("verify", t2 - t1 + t5 - t4), ("prepare", t3 - t2), ("cut", t_cut - t3)]
+            for stage, dt in stages + ([("drift", t4 - t_cut)] if net is not None and net.envelope else []):
+                t[stage] = t.get(stage, 0.0) + dt * 1e3
+            yield Piece(job, index, inputs, local)
+    finally:
+        scene.close()

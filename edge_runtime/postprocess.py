@@ -12,8 +12,23 @@ One JSON Lines record per patch::
      "answered_by": "int8" | "fp16" | "fp32", "rerun": null | "borderline" | "drifted" | "borderline+drifted"}
 
 ``head`` says which logits answered: the fused head, or the SAR head when the patch has no usable optical
-data. GeoJSON: one FeatureCollection per georeferenced tile, one Polygon per patch in the tile's CRS (named in
-a ``crs`` member; RFC 7946 readers assume WGS 84, so consumers must honour it).
+data. ``bounds`` are in the tile's own CRS (``crs``), as its grid.
+
+Before the window records, one summary of the tile (:func:`tile_summary`)::
+
+    {"type": "tile", "tile": "T1", "windows": 100, "size": {"height": 1200, "width": 1200},
+     "heads": {"fused": 97, "sar": 3}, "windows_without_labels": 4,
+     "labels": [{"name": ..., "windows": 61, "fraction": 0.61, "max_score": 0.98}, ...],   # most windows first
+     "bounds": [...] | null, "crs": ... | null, "bbox": [west, south, east, north] | null,  # bbox: WGS 84
+     "model_hash": ..., "runner": ..., "precision": ..., "input_sha256": ..., "timings_ms": {...},
+     "windows_drifted": 2 | null, "windows_rerun": 5}     # the INT8 safety net's counts (drifted: null without one)
+
+GeoJSON (:func:`to_geojson`, georeferenced tiles, pyproj installed): RFC 7946 -- WGS 84 longitude/latitude,
+counter-clockwise exterior rings, ``bbox`` members, no ``crs`` member, footprints densified and cut at the
+antimeridian (:mod:`mosaic_edge.edge_runtime.geo_output`). The first feature is the tile's footprint carrying
+the summary (``"type": "tile"``), then one feature per window (``"type": "window"``); both keep the native
+``crs`` and ``bounds`` as properties. Without pyproj a georeferenced tile gets no GeoJSON (one warning per
+process), JSON Lines as always.
 
 The INT8 safety net's fields (:class:`SafetyFields`; ``precision`` and ``model_hash`` name the artefact serving
 the tile): ``drift`` -- null when the export has no calibration envelope, else whether the window lies outside
@@ -22,14 +37,15 @@ Mahalanobis distance of its band statistics (``distance``; null without them) an
 beyond (``band``; null when none is); ``answered_by`` -- the precision whose logits answered; ``rerun`` -- why
 the fallback re-ran the window at higher precision (null: it did not).
 
-:func:`tile_records` builds the records as dicts (library use, tests); :func:`encode_tile` writes the same
-bytes as ``to_jsonl(tile_records(...))`` and ``to_geojson(...)`` straight from the arrays, with the per-tile
-parts serialised once instead of per patch.
+:func:`tile_records` builds the window records as dicts (library use, tests); :func:`encode_tile` writes the
+same bytes as ``to_jsonl([tile_summary(...), *tile_records(...)])`` and ``to_geojson(...)`` straight from the
+arrays, with the per-tile parts serialised once instead of per patch.
 """
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,6 +55,7 @@ import numpy as np
 
 from mosaic_edge.contract import Contract, sigmoid
 from mosaic_edge.data.tiff import GeoInfo
+from mosaic_edge.edge_runtime.logs import get_logger
 from mosaic_edge.envelope import DriftCheck
 from mosaic_edge.patching import Window
 
@@ -92,6 +109,11 @@ class SafetyFields:
         if self.rerun is None:
             return [None] * n
         return [RERUN_REASONS[int(x)] for x in self.rerun.tolist()]
+
+    def counts(self) -> dict[str, int | None]:
+        """The tile summary's counts: windows drifted (None without an envelope) and re-run."""
+        return {"windows_drifted": None if self.drift is None else int(self.drift.drifted.sum()),
+                "windows_rerun": 0 if self.answered_fallback is None else int(self.answered_fallback.sum())}
 
     def values(self, n: int) -> dict[str, list[Any]]:
         """Per key, the python value of each of the ``n`` windows (what :func:`tile_records` puts in)."""
@@ -173,25 +195,18 @@ def to_jsonl(records: Sequence[Mapping[str, Any]]) -> bytes:
     return "".join(json.dumps(r, sort_keys=True, allow_nan=False) + "\n" for r in records).encode()
 
 
-def to_geojson(records: Sequence[Mapping[str, Any]]) -> bytes | None:
-    """FeatureCollection of the patches' bounds, or None when the tile is not georeferenced."""
-    if not records or records[0].get("bounds") is None:
+def to_geojson(records: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None = None) -> bytes | None:
+    """RFC 7946 FeatureCollection of a tile (its summary's footprint, then its windows), or None when the tile
+    is not georeferenced or pyproj is missing (see the module docstring)."""
+    if not records or records[0].get("bounds") is None or not records[0].get("crs"):
         return None
-    features = []
-    for r in records:
-        x0, y0, x1, y1 = r["bounds"]
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "Polygon",
-                         "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
-            "properties": {"tile": r["tile"], "patch": r["patch"], "head": r["head"],
-                           "labels": [lab["name"] for lab in r["labels"]], "scores": r["scores"],
-                           "model_hash": r.get("model_hash")},
-        })
-    fc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
-    if records[0].get("crs"):
-        fc["crs"] = {"type": "name", "properties": {"name": records[0]["crs"]}}
-    return (json.dumps(fc, allow_nan=False) + "\n").encode()
+    r0 = records[0]
+    pixel = (r0["bounds"][2] - r0["bounds"][0]) / r0["window"]["width"]
+    props = [_window_properties(r["tile"], r["patch"], r["head"], [lab["name"] for lab in r["labels"]],
+                                r["scores"], r.get("model_hash"), r["window"], r["bounds"], r["crs"])
+             for r in records]
+    tile = None if summary is None else (summary["bounds"], _tile_properties(summary))
+    return _feature_collection(r0["crs"], pixel, tile, [r["bounds"] for r in records], props)[0]
 
 
 def _dumps(value: Any) -> str:
@@ -259,7 +274,9 @@ def encode_tile(
             parts += [text, k]
             text = ""
     parts.append(text + "}\n")
-    lines, features = [], []
+    lines: list[str] = []
+    props: list[dict[str, Any]] = []
+    rects: list[list[float]] = []
     for i, (win, head) in enumerate(zip(wins, heads, strict=True)):
         s = scores[i]
         values = _rounded_reprs(s.tolist(), template)
@@ -278,22 +295,103 @@ def encode_tile(
             **{k: v[i] for k, v in per_patch.items()},
         }
         lines.append("".join(p if j % 2 == 0 else fields[p] for j, p in enumerate(parts)))
-        if bounds_r is not None:
-            x0, y0, x1, y1 = bounds_r
-            features.append({
-                "type": "Feature",
-                "geometry": {"type": "Polygon",
-                             "coordinates": [[[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]]},
-                "properties": {"tile": tile_id, "patch": i, "head": head,
-                               "labels": [contract.classes[k] for k in order],
-                               "scores": {c: round(v, SCORE_DIGITS) for c, v in zip(contract.classes, s.tolist(),
-                                                                                     strict=True)},
-                               "model_hash": extra.get("model_hash")},
-            })
+        if bounds_r is not None and geo is not None and geo.crs:
+            props.append(_window_properties(
+                tile_id, i, head, [contract.classes[k] for k in order],
+                {c: round(v, SCORE_DIGITS) for c, v in zip(contract.classes, s.tolist(), strict=True)},
+                extra.get("model_hash"), win.to_dict(), bounds_r, geo.crs))
+            rects.append(bounds_r)
+    summary = tile_summary(tile_id, wins, heads, scores, contract, geo, extra, with_bbox=False, safety=safety)
     geojson = None
-    if features:
-        fc: dict[str, Any] = {"type": "FeatureCollection", "features": features}
-        if geo is not None and geo.crs:
-            fc["crs"] = {"type": "name", "properties": {"name": geo.crs}}
-        geojson = (json.dumps(fc, allow_nan=False) + "\n").encode()
-    return "".join(lines).encode(), geojson
+    if rects and geo is not None and geo.crs:
+        pixel = (rects[0][2] - rects[0][0]) / wins[0].width
+        geojson, summary["bbox"] = _feature_collection(geo.crs, pixel, (summary["bounds"], _tile_properties(summary)),
+                                                       rects, props)
+    return (_dumps(summary) + "\n" + "".join(lines)).encode(), geojson
+
+
+# ---- the tile summary and RFC 7946 GeoJSON -----------------------------------------------------------------
+def tile_summary(tile_id: str, wins: Sequence[Window], heads: Sequence[str], scores: np.ndarray, contract: Contract,
+                 geo: GeoInfo | None, extra: Mapping[str, Any], with_bbox: bool = True,
+                 safety: SafetyFields | None = None) -> dict[str, Any]:
+    """The tile-level record (first line of the JSON Lines file; see the module docstring): which labels occur in
+    any window and in what fraction of the windows, which heads answered, the footprint (``with_bbox``: its WGS
+    84 bbox, else None for the caller to fill), and with ``safety`` how many windows drifted and were re-run."""
+    n = len(wins)
+    above = scores[:n] >= np.asarray(contract.thresholds)
+    counts = above.sum(axis=0)
+    present = np.flatnonzero(counts)
+    best = scores[:n, present].max(axis=0).tolist() if n else []
+    classes = contract.classes
+    labels = [{"fraction": round(k / n, 4), "max_score": round(m, SCORE_DIGITS), "name": classes[c], "windows": k}
+              for c, k, m in sorted(zip(present.tolist(), counts[present].tolist(), best, strict=True),
+                                    key=lambda t: (-t[1], classes[t[0]]))]
+    last = wins[-1] if n else None  # windows are row-major and the last is flush with the far corner
+    height, width = (last.row + last.height, last.col + last.width) if last else (0, 0)
+    bounds = None if geo is None else [round(v, 6) for v in geo.window_bounds(0, 0, height, width)]
+    return {"type": "tile", "tile": tile_id, "windows": n, "size": {"height": height, "width": width},
+            "heads": dict(sorted(Counter(heads).items())),
+            "windows_without_labels": int(n - above.any(axis=1).sum()), "labels": labels,
+            "bounds": bounds, "crs": None if geo is None else geo.crs,
+            "bbox": _tile_bbox(geo, bounds, wins) if with_bbox else None, **extra,
+            **(safety.counts() if safety is not None else {})}
+
+
+_warned_no_pyproj = False
+
+
+def _geo_output() -> Any:
+    """:mod:`geo_output` when pyproj is importable, else None after one warning per process."""
+    global _warned_no_pyproj
+    from mosaic_edge.edge_runtime import geo_output
+    from mosaic_edge.optional import available
+
+    if available("pyproj"):
+        return geo_output
+    if not _warned_no_pyproj:
+        _warned_no_pyproj = True
+        get_logger().warning("pyproj is not installed: georeferenced tiles get JSON Lines only, no GeoJSON; "
+                             "install it with `pip install 'mosaic-edge[runtime]'`")
+    return None
+
+
+def _tile_bbox(geo: GeoInfo | None, bounds: list[float] | None, wins: Sequence[Window]) -> list[float] | None:
+    """WGS 84 ``[west, south, east, north]`` of the tile, None without georeferencing or pyproj."""
+    if geo is None or bounds is None or not geo.crs or not wins or (go := _geo_output()) is None:
+        return None
+    return list(go.footprints(geo.crs, [bounds], abs(geo.transform[0]))[0].bbox)
+
+
+def _window_properties(tile_id: str, patch: int, head: str, labels: list[str], scores: Mapping[str, float],
+                       model_hash: Any, window: Mapping[str, int], bounds: Sequence[float], crs: str
+                       ) -> dict[str, Any]:
+    return {"type": "window", "tile": tile_id, "patch": patch, "head": head, "labels": labels, "scores": scores,
+            "model_hash": model_hash, "window": dict(window), "crs": crs, "bounds": list(bounds)}
+
+
+def _tile_properties(summary: Mapping[str, Any]) -> dict[str, Any]:
+    return {"type": "tile", "tile": summary["tile"], "windows": summary["windows"], "heads": summary["heads"],
+            "labels": [lab["name"] for lab in summary["labels"]],
+            "label_fractions": {lab["name"]: lab["fraction"] for lab in summary["labels"]},
+            "windows_without_labels": summary["windows_without_labels"], "size": summary["size"],
+            "model_hash": summary.get("model_hash"), "input_sha256": summary.get("input_sha256"),
+            "crs": summary["crs"], "bounds": summary["bounds"]}
+
+
+def _feature_collection(crs: str, pixel: float, tile: tuple[Sequence[float], dict[str, Any]] | None,
+                        rects: Sequence[Sequence[float]], props: Sequence[dict[str, Any]]
+                        ) -> tuple[bytes | None, list[float] | None]:
+    """The RFC 7946 FeatureCollection bytes (the tile's footprint feature when given, then one per window) and
+    the collection's bbox; ``(None, None)`` without pyproj."""
+    go = _geo_output()
+    if go is None:
+        return None, None
+    shapes = go.footprints(crs, ([tile[0]] if tile else []) + list(rects), pixel)
+    features = []
+    for fp, p in zip(shapes, ([tile[1]] if tile else []) + list(props), strict=True):
+        features.append({"type": "Feature", "bbox": list(fp.bbox), "geometry": fp.geometry(), "properties": p})
+    fc: dict[str, Any] = {"type": "FeatureCollection"}
+    if tile is not None:
+        fc["bbox"] = features[0]["bbox"]
+    fc["features"] = features
+    return (json.dumps(fc, allow_nan=False) + "\n").encode(), fc.get("bbox")

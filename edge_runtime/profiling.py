@@ -127,8 +127,8 @@ class Pipeline:
         postprocess: (per-tile values, runner outputs) -> result records.
         write: (records, index of the batch) -> None (the result files).
         batch_stage: The stage the ``batch`` call is timed as.
-        fallback: (per-tile values, runner outputs) -> None, run right after inference on the same thread and
-            timed as "fallback": the INT8 safety net's re-runs (None: no such stage).
+        fallback: (per-tile values, model batch, runner outputs) -> None, run right after inference on the same
+            thread and timed as "fallback": the INT8 safety net's re-runs (None: no such stage).
     """
 
     tile_stages: tuple[tuple[str, Callable[[Any], Any]], ...]
@@ -136,7 +136,7 @@ class Pipeline:
     postprocess: Callable[[list[Any], Mapping[str, np.ndarray]], Any]
     write: Callable[[Any, int], None]
     batch_stage: str = "cut"
-    fallback: Callable[[list[Any], Mapping[str, np.ndarray]], None] | None = None
+    fallback: Callable[[list[Any], Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None] | None = None
 
     def tile(self, source: Any, clock: StageClock | None = None) -> Any:
         """Run the per-tile stages on one source (each inside ``clock.stage`` when a clock is given)."""
@@ -184,7 +184,7 @@ def run_one(pipeline: Pipeline, runner: Any, srcs: list[Any], index: int, clock:
         out = _infer_timed(runner, batch, clock)
         if pipeline.fallback is not None:
             with clock.stage("fallback"):
-                pipeline.fallback(values, out)
+                pipeline.fallback(values, batch, out)
         with clock.stage("postprocess"):
             records = pipeline.postprocess(values, out)
         with clock.stage("write"):
@@ -274,7 +274,7 @@ def measure_throughput(pipeline: Pipeline, runner: Any, sources: Sequence[Any], 
             arrays = pipeline.batch(values)
             out = runner.infer(arrays)
             if pipeline.fallback is not None:
-                pipeline.fallback(values, out)
+                pipeline.fallback(values, arrays, out)
             outbox.put((values, out))
             batches += 1
             patches += _rows(arrays)
@@ -345,10 +345,12 @@ def runtime_pipeline(runner: Any, results_root: Path, stride: int | None = None,
                 rt.store_outputs(job, 0, {k: v[start:start + job.n] for k, v in out.items()})
             start += job.n
 
-    def fallback(jobs: list[Any], out: Mapping[str, np.ndarray]) -> None:
+    def fallback(jobs: list[Any], inputs: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]) -> None:
         store(jobs, out)
+        start = 0
         for job in jobs:
-            reruns.flag(job, job, 0, job.n)
+            reruns.flag(job, job, np.arange(job.n), {k: v[start:start + job.n] for k, v in inputs.items()})
+            start += job.n
         for _ in reruns.run(everything=True):
             pass
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -145,14 +145,15 @@ def open_safety_net(model: str | Path, runner: Runner, fallback: bool = True, ma
 
 
 # ---- the re-run queue ----------------------------------------------------------------------------------------
-def answering_logits(job: Job, start: int, stop: int) -> np.ndarray:
-    """[stop-start, C] logits of the head that answers each window (fused, or SAR where optical is unusable)."""
-    fused = job.logits[HEAD_OUTPUTS["fused"]][start:stop]
-    heads = job.heads[start:stop]
-    if all(h == "fused" for h in heads):
+def answering_logits(job: Job, rows: np.ndarray) -> np.ndarray:
+    """[len(rows), C] logits of the head answering each of windows ``rows`` of ``job`` (fused, or SAR where
+    the window's optical data is unusable)."""
+    fused = job.logits[HEAD_OUTPUTS["fused"]][rows]
+    heads = [job.heads[i] for i in rows.tolist()]
+    if "sar" not in heads:
         return fused
     is_fused = np.fromiter((h == "fused" for h in heads), bool, len(heads))
-    return np.where(is_fused[:, None], fused, job.logits[HEAD_OUTPUTS["sar"]][start:stop])
+    return np.where(is_fused[:, None], fused, job.logits[HEAD_OUTPUTS["sar"]][rows])
 
 
 class RerunFailed(RuntimeError):
@@ -168,6 +169,18 @@ class _Entry:
     owner: Any
     job: Job
     rows: np.ndarray  # window indices of the job still to re-run
+    inputs: dict[str, np.ndarray]  # their model inputs (a copy: the batch buffers are reused, pieces freed)
+
+
+def store_rows(job: Job, rows: np.ndarray, outputs: Mapping[str, np.ndarray], precision: str) -> None:
+    """Replace the head logits of windows ``rows`` of ``job`` by the fallback runner's (of ``precision``)."""
+    for name in set(HEAD_OUTPUTS.values()):
+        job.logits[name][rows] = outputs[name]
+    if job.answered_fallback is None:
+        job.answered_fallback = np.zeros(job.n, bool)
+    job.answered_fallback[rows] = True
+    job.fallback_precision = precision
+    job.rerun_pending -= len(rows)
 
 
 class Reruns:
@@ -179,6 +192,8 @@ class Reruns:
         max_wait_s: A window waits at most this long for a fuller batch (see :meth:`deadline`).
         count: Called with ``(counter, amount)`` as windows are checked, flagged and re-run (the daemon's
             ``Metrics.inc``); the totals are also kept in :attr:`counts`.
+
+    One thread uses it (the one running both runners); a job marked ``failed`` elsewhere is skipped.
     """
 
     def __init__(self, net: SafetyNet, batch: int = 8, max_wait_s: float = 0.05,
@@ -201,38 +216,47 @@ class Reruns:
                 self._count(name, amount)
 
     # ---- flagging ------------------------------------------------------------------------------------------
-    def flag(self, owner: Any, job: Job, start: int, stop: int) -> int:
-        """Decide for windows ``start:stop`` of ``job`` (their INT8 outputs stored) which the fallback re-runs;
-        queue them (reasons in ``job.rerun``). Counts drifted windows whether or not there is a fallback.
+    def flag(self, owner: Any, job: Job, rows: np.ndarray, inputs: Mapping[str, np.ndarray]) -> int:
+        """Decide for windows ``rows`` of ``job`` (their INT8 outputs stored) which the fallback re-runs, and
+        queue those (reasons in ``job.rerun``) with a copy of their model inputs. Counts drifted windows whether
+        or not there is a fallback.
+
+        Args:
+            owner: What a failure reports (the daemon's in-flight item).
+            job: The tile.
+            rows: Window indices of ``job``.
+            inputs: The model inputs of exactly those windows, in order (the batch's rows).
 
         Returns:
             How many windows were queued.
         """
-        n = stop - start
+        n = len(rows)
         self._inc("windows_checked", n)
-        drifted = job.drift.drifted[start:stop] if job.drift is not None else None
+        drifted = job.drift.drifted[rows] if job.drift is not None else None
         if drifted is not None:
             self._inc("windows_drifted", int(drifted.sum()))
         if not self.net.fallback:
             return 0
         assert self.net.policy is not None and self.net.runner is not None
         policy = self.net.policy
-        border = needs_fallback(answering_logits(job, start, stop), None, self.net.runner.contract, policy)
+        border = needs_fallback(answering_logits(job, rows), None, self.net.runner.contract, policy)
         self._inc("windows_borderline", int(border.sum()))
-        rerun = border | drifted if (drifted is not None and policy.rerun_drifted) else border
+        use_drift = drifted is not None and policy.rerun_drifted
+        rerun = border | drifted if use_drift else border
         if not rerun.any():
             return 0
-        reasons = job.reasons()
-        reasons[start:stop] = border.astype(np.uint8) * RERUN_BORDERLINE
-        if drifted is not None and policy.rerun_drifted:
-            reasons[start:stop] |= drifted.astype(np.uint8) * RERUN_DRIFTED
-        rows = start + np.flatnonzero(rerun)
-        job.rerun_pending += len(rows)
-        self._pending.append(_Entry(owner, job, rows))
-        self.n_pending += len(rows)
+        why = border.astype(np.uint8) * RERUN_BORDERLINE
+        if use_drift:
+            assert drifted is not None
+            why |= drifted.astype(np.uint8) * RERUN_DRIFTED
+        job.reasons()[rows] = why
+        picked = np.flatnonzero(rerun)
+        job.rerun_pending += len(picked)
+        self._pending.append(_Entry(owner, job, rows[picked], {k: v[picked] for k, v in inputs.items()}))
+        self.n_pending += len(picked)
         if self._first is None:
             self._first = time.perf_counter()
-        return len(rows)
+        return len(picked)
 
     def deadline(self) -> float | None:
         """``time.perf_counter()`` by which the oldest queued window must be re-run (None: nothing queued)."""
@@ -243,9 +267,9 @@ class Reruns:
         deadline = self.deadline()
         return self.n_pending >= self.batch or (deadline is not None and time.perf_counter() >= deadline)
 
-    def discard(self, owner: Any) -> None:
-        """Drop the queued windows of ``owner`` (its tile failed)."""
-        kept = deque(e for e in self._pending if e.owner is not owner)
+    def discard(self, job: Job) -> None:
+        """Drop the queued windows of ``job`` (its tile failed)."""
+        kept = deque(e for e in self._pending if e.job is not job)
         self.n_pending = sum(len(e.rows) for e in kept)
         self._pending = kept
         if not kept:
@@ -257,12 +281,17 @@ class Reruns:
         parts, room = [], self.batch
         while self._pending and room:
             entry = self._pending[0]
-            if len(entry.rows) <= room:
+            if entry.job.failed:  # failed meanwhile: nothing to answer
+                self._pending.popleft()
+                self.n_pending -= len(entry.rows)
+            elif len(entry.rows) <= room:
                 parts.append(self._pending.popleft())
                 room -= len(entry.rows)
             else:
-                parts.append(_Entry(entry.owner, entry.job, entry.rows[:room]))
+                parts.append(_Entry(entry.owner, entry.job, entry.rows[:room],
+                                    {k: v[:room] for k, v in entry.inputs.items()}))
                 entry.rows = entry.rows[room:]
+                entry.inputs = {k: v[room:] for k, v in entry.inputs.items()}
                 room = 0
         self.n_pending -= self.batch - room
         self._first = None if not self._pending else self._first
@@ -287,11 +316,13 @@ class Reruns:
         return owners
 
     def _run(self, runner: Runner, parts: list[_Entry]) -> None:
-        from mosaic_edge.edge_runtime.pipeline import gather_windows, store_rows
-
         t0 = time.perf_counter()
-        batch = gather_windows(runner.input_buffers(self.batch), [(e.job, e.rows) for e in parts])
-        out = runner.infer(batch)
+        buffers, row = runner.input_buffers(self.batch), 0
+        for e in parts:
+            for name, buf in buffers.items():
+                buf[row:row + len(e.rows)] = e.inputs[name]
+            row += len(e.rows)
+        out = runner.infer({name: buf[:row] for name, buf in buffers.items()})
         dt = time.perf_counter() - t0
         self.seconds += dt
         total = sum(len(e.rows) for e in parts)

@@ -20,8 +20,21 @@ import numpy as np
 from mosaic_edge.contract import Contract
 from mosaic_edge.data.preprocess import normalise_optical, normalise_sar, stack_bands
 from mosaic_edge.data.tiff import GeoInfo
-from mosaic_edge.errors import DataError
+from mosaic_edge.errors import ContractMismatchError, DataError
 from mosaic_edge.tile_format import Tile, TileLimits
+
+
+def check_crs(crs: str, tile_id: str) -> None:
+    """Refuse a CRS that PROJ does not know (the GeoJSON could not place the tile); a no-op without pyproj."""
+    from mosaic_edge.optional import available
+
+    if available("pyproj"):
+        from mosaic_edge.edge_runtime.geo_output import transformer
+
+        try:
+            transformer(crs)
+        except DataError as exc:
+            raise DataError(f"{tile_id}: {exc}") from exc
 
 
 @dataclass
@@ -51,14 +64,18 @@ class PreparedTile:
         return int(self.sar.shape[1]), int(self.sar.shape[2])
 
 
-def _fill_nonfinite(x: np.ndarray, mean: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray | None]:
-    """``x`` with NaN/inf replaced by the band mean (a float32 copy only when there are any) and the per-pixel
-    mask of pixels that had one (None when none did)."""
-    if x.dtype.kind != "f" or np.isfinite(x).all():
+def _fill_nonfinite(x: np.ndarray, mean: tuple[float, ...], nodata: float | None = None
+                    ) -> tuple[np.ndarray, np.ndarray | None]:
+    """``x`` with NaN/inf (and the ``nodata`` value) replaced by the band mean (a float32 copy only when there
+    are any) and the per-pixel mask of pixels that had one (None when none did)."""
+    marked = nodata is not None and np.isfinite(nodata) and bool((x == nodata).any())
+    if not marked and (x.dtype.kind != "f" or np.isfinite(x).all()):
         return x, None
-    bad = ~np.isfinite(x)
+    bad: np.ndarray = ~np.isfinite(x) if x.dtype.kind == "f" else np.zeros(x.shape, bool)
+    if marked:
+        bad |= x == nodata
     out = np.where(bad, np.asarray(mean, np.float32)[:, None, None], x).astype(np.float32, copy=False)
-    return out, bad.any(axis=0)
+    return out, np.asarray(bad.any(axis=0))
 
 
 def _nodata(optical: np.ndarray) -> np.ndarray | None:
@@ -74,35 +91,52 @@ def _nodata(optical: np.ndarray) -> np.ndarray | None:
     return mask if mask.any() else None
 
 
-def _raw_inputs(sar: np.ndarray, optical: np.ndarray | None, contract: Contract
+def _raw_inputs(sar: np.ndarray, optical: np.ndarray | None, contract: Contract, tile: Tile
                 ) -> tuple[np.ndarray, np.ndarray | None, float, np.ndarray | None]:
-    sar, sar_bad = _fill_nonfinite(sar, contract.sar_mean)
+    sar, sar_bad = _fill_nonfinite(sar, contract.sar_mean, tile.sar_nodata)
     sar_fraction = 0.0 if sar_bad is None else float(sar_bad.mean())
     if optical is None:
         return sar, None, sar_fraction, None
     nodata = _nodata(optical)  # on the delivered values: a NaN band is not 0, as in the shared preprocessing
-    optical, opt_bad = _fill_nonfinite(optical, contract.optical_mean)
+    optical, opt_bad = _fill_nonfinite(optical, contract.optical_mean, tile.optical_nodata)
     invalid = nodata if opt_bad is None else (opt_bad if nodata is None else opt_bad | nodata)
     return sar, optical, sar_fraction, invalid
 
 
-def _standardised_inputs(sar: np.ndarray, optical: np.ndarray | None, contract: Contract
+def _as_nan(x: np.ndarray, nodata: float | None) -> np.ndarray:
+    """``x`` with its ``nodata`` value as NaN (a float32 copy), or ``x`` itself when it has none."""
+    if nodata is None or not np.isfinite(nodata) or not (x == nodata).any():
+        return x
+    return np.where(x == nodata, np.float32(np.nan), x.astype(np.float32))
+
+
+def _standardised_inputs(sar: np.ndarray, optical: np.ndarray | None, contract: Contract, tile: Tile
                          ) -> tuple[np.ndarray, np.ndarray | None, float, np.ndarray | None]:
-    s, sar_fraction = normalise_sar(sar, contract)
+    s, sar_fraction = normalise_sar(_as_nan(sar, tile.sar_nodata), contract)
     if optical is None:
         return s, None, sar_fraction, None
-    opt = np.asarray(optical)
+    opt = _as_nan(np.asarray(optical), tile.optical_nodata)
     invalid = ~np.isfinite(opt).all(axis=0) | np.all(opt == 0, axis=0)
     o, _ = normalise_optical(opt, contract)
     return s, o, sar_fraction, invalid if invalid.any() else None
 
 
-def prepare_tile(tile: Tile, contract: Contract, limits: TileLimits = TileLimits()) -> PreparedTile:
+def prepare_tile(tile: Tile, contract: Contract, limits: TileLimits = TileLimits(), check_sar: bool = True
+                 ) -> PreparedTile:
     """Bring a tile into the contract's input form; SAR-only and cloudy tiles mark all optical unusable.
 
+    Args:
+        check_sar: Apply the mostly-invalid-SAR rule (a scene's regions leave it to the whole scene).
+
     Raises:
-        DataError: the tile is smaller than one patch or its SAR is mostly invalid (NaN/inf).
+        DataError: the tile is smaller than one patch, its SAR is mostly invalid (NaN/inf/nodata), or its optical
+            data declares another Sentinel-2 processing level than the model's (L1C vs L2A).
     """
+    if tile.optical is not None:
+        try:
+            contract.check_optical_product(tile.optical_product, tile.id)
+        except ContractMismatchError as exc:
+            raise DataError(str(exc)) from exc
     sar = stack_bands(tile.sar, contract.sar_bands, None, "sar") if isinstance(tile.sar, dict) else tile.sar
     h, w = int(sar.shape[-2]), int(sar.shape[-1])
     p = contract.patch_size
@@ -111,9 +145,13 @@ def prepare_tile(tile: Tile, contract: Contract, limits: TileLimits = TileLimits
     optical = tile.optical
     if isinstance(optical, dict):
         optical = stack_bands(optical, contract.optical_bands, (h, w), "optical")
+    if check_sar and tile.geo is not None and tile.geo.crs:
+        check_crs(tile.geo.crs, tile.id)
     prep = _raw_inputs if contract.input_form == "raw" else _standardised_inputs
-    sar_in, opt_in, sar_fraction, invalid = prep(sar, optical, contract)
-    if sar_fraction > limits.max_invalid_fraction:
+    sar_in, opt_in, sar_fraction, invalid = prep(sar, optical, contract, tile)
+    if tile.optical_mask is not None:
+        invalid = tile.optical_mask if invalid is None else invalid | tile.optical_mask
+    if check_sar and sar_fraction > limits.max_invalid_fraction:
         raise DataError(f"{tile.id}: {sar_fraction:.0%} of S1 pixels are invalid (NaN/inf), "
                         f"limit {limits.max_invalid_fraction:.0%}")
     usable = optical is not None and not tile.cloudy

@@ -179,11 +179,12 @@ def _float_artefacts(model: Any, contract: Contract, out: Path,
 def _int8_artefacts(out: Path, contract: Contract, cfg: ExportConfig, data: DataSpec,
                     progress: Progress | None) -> Calibrated:
     """Calibration set + envelope, the TensorRT and CPU Q/DQ models and the TensorRT cache."""
-    from mosaic_edge.calibration import save_calibration_set, write_calib_cache
+    from mosaic_edge.calibration import save_calibration_set
     from mosaic_edge.calibration.quantize import CalibConfig, calibrate, quantize_qdq
     from mosaic_edge.envelope import build_envelope, raw_from_normalised
     from mosaic_edge.export.calib_data import calibrated_ranges, calibration_set, tuning_windows
     from mosaic_edge.export.quiet import quiet_quantization
+    from mosaic_edge.trt_calib_cache import write_calib_cache
 
     calib, draws, sources = calibration_set(contract, data, cfg.calib_size, cfg.calib_seed, cfg.calib_file,
                                             cfg.calib_data)

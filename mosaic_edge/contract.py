@@ -59,9 +59,13 @@ BENV2_CLASSES: tuple[str, ...] = (
     "Marine waters",
 )
 
-# Published per-band mean / std of the BigEarthNet v2.0 official train split, raw units (S2: L2A reflectance x 1e4,
-# 20/60 m bands bilinearly upsampled to 120 px; S1: backscatter in dB). Source: reBEN (arXiv 2407.03653) via the
-# configilm 0.7.1 package; copied from shared/data/README.md.
+# Published per-band mean / std in raw units (S2: L2A reflectance x 1e4; S1: backscatter in dB), as ConfigILM's
+# BigEarthNet v2 utilities publish them (lhackel-tub/ConfigILM, configilm/extra/BENv2_utils.py, ``means`` / ``stds``
+# under "120_bilinear"; the configilm 0.7.1 package). S2: the BigEarthNet v2.0 (reBEN, arXiv 2407.03653) official
+# train split, the 20 m and 60 m bands upsampled to 120 px by ``torch.nn.functional.interpolate(mode="bilinear",
+# align_corners=True)`` (that file's ``stack_and_interpolate``) -- not the half-pixel resampling of
+# :mod:`mosaic_edge.data.preprocess`; README "Normalisation statistics" measures the difference. S1 (VV, VH): the
+# statistics of BigEarthNet v1 (BigEarthNet-S1 v1.0), which that file reuses for v2 ("including S1 stats from v1").
 BENV2_STATS: dict[str, tuple[float, float]] = {
     "B01": (360.6468, 563.1734), "B02": (438.3721, 607.0269), "B03": (614.0557, 603.2968),
     "B04": (588.4096, 684.5688), "B05": (942.7477, 727.5784), "B06": (1769.8486, 1087.4288),
@@ -69,7 +73,13 @@ BENV2_STATS: dict[str, tuple[float, float]] = {
     "B09": (2241.1060, 1294.3555), "B11": (1568.2115, 1063.9198), "B12": (997.7151, 806.8846),
     "VH": (-19.3526, 5.5905), "VV": (-12.6439, 5.1335),
 }
-BENV2_STATS_SOURCE = "BigEarthNet v2.0 official train split, published (reBEN, arXiv 2407.03653)"
+BENV2_STATS_SOURCE = ("BigEarthNet v2.0 official train split for S2 (20/60 m bands bilinearly upsampled with "
+                      "align_corners=True), BigEarthNet v1 for S1; published by ConfigILM (BENv2_utils, "
+                      "120_bilinear)")
+
+# Processing level of the S2 reflectance: Level-2A (bottom of atmosphere, BigEarthNet v2) or Level-1C (top of
+# atmosphere, SEN12MS). The two differ by the atmospheric correction, so a model never mixes them.
+OPTICAL_PRODUCTS: tuple[str, ...] = ("L2A", "L1C")
 
 # S1 backscatter is clipped to this range in dB before standardisation: real GRD backscatter lies well inside it
 # (noise floor about -25 dB for VH, bright urban targets about +5 dB); values outside are border/no-data artefacts.
@@ -126,6 +136,7 @@ class Contract:
         sar_mean / sar_std / optical_mean / optical_std: Per-band standardisation statistics in raw units.
         stats_source: Where the statistics come from.
         sar_db_range / optical_range: Clip ranges applied before standardisation.
+        optical_product: Processing level of the S2 input, ``"L2A"`` or ``"L1C"`` (:data:`OPTICAL_PRODUCTS`).
         dataset: Name of the data the model was trained on.
         model_name: Architecture identifier (encoder registry names).
         model_hash: SHA-256 of the weights ("" until training writes it).
@@ -146,6 +157,7 @@ class Contract:
     stats_source: str = BENV2_STATS_SOURCE
     sar_db_range: tuple[float, float] = SAR_DB_RANGE
     optical_range: tuple[float, float] = OPTICAL_RANGE
+    optical_product: str = "L2A"
     dataset: str = "benv2"
     model_name: str = ""
     model_hash: str = ""
@@ -173,6 +185,9 @@ class Contract:
                 raise ValueError(f"contract: {name} std must be > 0")
         if self.patch_size <= 0:
             raise ValueError("contract: patch_size must be > 0")
+        if self.optical_product not in OPTICAL_PRODUCTS:
+            raise ValueError(f"contract: optical_product must be one of {OPTICAL_PRODUCTS}, got "
+                             f"{self.optical_product!r}")
         if self.input_form not in INPUT_FORMS:
             raise ValueError(f"contract: input_form must be one of {INPUT_FORMS}, got {self.input_form!r}")
 
@@ -236,7 +251,8 @@ class Contract:
     # artefacts of one model (e.g. re-tuned thresholds) and are compared by :meth:`diff` only on request.
     _INTERFACE_FIELDS = (
         "classes", "patch_size", "sar_bands", "optical_bands", "sar_mean", "sar_std", "optical_mean",
-        "optical_std", "sar_db_range", "optical_range", "input_names", "output_names", "input_form",
+        "optical_std", "sar_db_range", "optical_range", "optical_product", "input_names", "output_names",
+        "input_form",
     )
 
     def diff(self, other: Contract, fields: tuple[str, ...] | None = None) -> list[str]:
@@ -254,6 +270,15 @@ class Contract:
                 else:
                     out.append(f"{name}: {a!r} vs {b!r}")
         return out
+
+    def check_optical_product(self, level: str | None, what: str = "tile") -> None:
+        """Refuse optical data of another processing level (a tile that declares ``"L1C"`` for an L2A model).
+
+        ``None`` (the data does not say) passes; the caller decides whether undeclared data is acceptable.
+        """
+        if level is not None and level != self.optical_product:
+            raise ContractMismatchError(f"{what}: optical data is Sentinel-2 {level}, the model takes "
+                                        f"{self.optical_product}")
 
     def check_compatible(self, other: Contract, what: str = "artefact") -> None:
         """Raise :class:`ContractMismatchError` saying what differs when ``other`` is not interchangeable."""

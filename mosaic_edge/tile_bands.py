@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mosaic_edge.contract import S1_BANDS, S2_BANDS, S2_GSD
+from mosaic_edge.contract import OPTICAL_PRODUCTS, S1_BANDS, S2_BANDS, S2_GSD
 from mosaic_edge.data.tiff import decode_tiff
 from mosaic_edge.errors import DataError
 
@@ -101,6 +101,8 @@ def decode_band_tile(files: TileFiles, tile_id: str, limits: TileLimits, allow_s
         return Tile(tile_id, arr, None, None, False, "benv2")
     s1, s2 = _Folder(files, _split(vv[0])[0]), _Folder(files, _split(b02[0])[0])
     ref, geo = s2.read("B02", "S2", None, "uif", max_pixels)
+    if geo is not None:
+        geo.check(f"{s2.label.name}/B02")
     if ref.shape[0] % 6 or ref.shape[1] % 6:
         raise DataError(f"{s2.label}: B02 has shape {ref.shape}; expected a 2-D grid divisible by 6 (60 m)")
     grid = (int(ref.shape[0]), int(ref.shape[1]))
@@ -111,4 +113,11 @@ def decode_band_tile(files: TileFiles, tile_id: str, limits: TileLimits, allow_s
                                                          max_pixels)[0]
     sar = {band: s1.read(band, "S1", grid, "f", max_pixels)[0].astype(np.float32, copy=False)
            for band in S1_BANDS}
-    return Tile(tile_id, sar, optical, geo, False, "benv2")
+    return Tile(tile_id, sar, optical, geo, False, "benv2", optical_product=product_level(b02[0]))
+
+
+def product_level(name: str) -> str | None:
+    """Sentinel-2 processing level named in a product / patch name (``S2A_MSIL2A_...`` -> ``"L2A"``), else None."""
+    upper = name.upper()
+    found = [level for level in OPTICAL_PRODUCTS if f"MSI{level}" in upper]
+    return found[0] if len(found) == 1 else None

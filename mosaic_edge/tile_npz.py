@@ -22,7 +22,7 @@ import numpy as np
 from mosaic_edge import fastzlib
 from mosaic_edge.errors import DataError
 
-NPZ_KEYS = frozenset({"sar", "optical", "cloudy", "transform", "crs"})
+NPZ_KEYS = frozenset({"sar", "optical", "cloudy", "transform", "crs", "scl", "cloud_mask", "optical_product"})
 _EOCD, _EOCD64_LOCATOR, _CENTRAL, _LOCAL = b"PK\x05\x06", b"PK\x06\x07", b"PK\x01\x02", b"PK\x03\x04"
 # Central directory entry: flags, method, crc32, compressed size, uncompressed size, name / extra / comment
 # lengths, local header offset (APPNOTE 4.3.12).

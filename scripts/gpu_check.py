@@ -2,7 +2,8 @@
 
     python scripts/gpu_check.py [--export runs/m1/export] [--only tensorrt ...]
 
-The checks live in :mod:`scripts.gpu_checks` (outside the library): training steps with AMP, both CUDA
+The checks live in :mod:`scripts.gpu_checks` (outside the library): training steps with AMP, the training paths
+(packed-store loader, bf16, channels_last, torch.compile, fine-tune, probe), both CUDA
 adapters, the torch CUDA-graph device-time reference of the profile, and TensorRT fp16 vs INT8 engines built from
 an export. Each returns rows ``{"check", "status": ok|fail|skip, <numbers>}``; this script times the checks,
 prints the rows as a table (and as JSON on stderr) and exits 1 when a row failed. Without a GPU every check
@@ -20,7 +21,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-CHECKS = ("train", "cuda_adapters", "profile", "tensorrt")
+CHECKS = ("train", "train_paths", "cuda_adapters", "profile", "tensorrt")
 ROOT = Path(__file__).resolve().parents[1]
 
 

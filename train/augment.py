@@ -1,23 +1,19 @@
 """Batch augmentations for SAR/optical pairs, on the training device.
 
 Spatial transforms (random crop-and-resize, horizontal flip, 90-degree rotations) are drawn once per patch and
-applied *identically* to its S1 and S2 halves with one ``affine_grid`` / ``grid_sample``, so the two
-modalities stay
-co-registered (the inter-modality loss relies on it). Then modality-specific photometric noise:
+applied *identically* to its S1 and S2 halves with one ``affine_grid`` / ``grid_sample``, so the two modalities
+stay co-registered (the inter-modality loss relies on it). Then modality-specific photometric noise:
 
 - S1: multiplicative speckle. Backscatter is in dB, so an L-look Gamma(L, 1/L) intensity factor becomes an
-additive
-  ``10 log10(g)`` term (drawn from a moment-matched Gaussian), divided by the contract's per-band std because
-  inputs are standardised.
-- S2: per-band gain ``U(1-g, 1+g)`` on reflectance (``x' = x g + mean (g - 1) / std`` in standardised units),
-and
-  cloud-like occlusion: a smooth random blob (low-resolution noise, bilinearly upsampled, thresholded)
-  replaced by
-  bright, flat cloud reflectance.
+  additive ``10 log10(g)`` term (drawn from a moment-matched Gaussian), divided by the contract's per-band std
+  because inputs are standardised.
+- S2: per-band gain ``U(1-g, 1+g)`` on reflectance (``x' = x g + mean (g - 1) / std`` in standardised units), and
+  cloud-like occlusion: a smooth random blob (low-resolution noise, bilinearly upsampled, thresholded) replaced
+  by bright, flat cloud reflectance.
 
-Randomness comes from an explicit ``torch.Generator`` the caller seeds per step, so a resumed run draws
-exactly the
-same augmentations (bit-identical continuation).
+Randomness comes from an explicit ``torch.Generator`` the caller seeds per step, so a resumed run draws exactly
+the same augmentations (bit-identical continuation). :data:`GEOMETRIC_AUGMENT` (flips and 90-degree rotations
+only) is what the classifier-only training uses: the crops and photometric noise serve the contrastive views.
 """
 
 from __future__ import annotations
@@ -46,6 +42,11 @@ class AugmentConfig:
     gain: float = 0.1
     cloud_p: float = 0.3
     cloud_cover: tuple[float, float] = (0.1, 0.4)
+
+
+# Geometry only, whole patches: for BCE training (phase 3, the supervised baseline) the contrastive crops and
+# photometric noise only add label noise (a crop can drop a 3 %-area class that is still labelled).
+GEOMETRIC_AUGMENT = AugmentConfig(crop_scale=(1.0, 1.0), speckle_p=0.0, gain=0.0, cloud_p=0.0)
 
 
 def _rand(n: int, g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
@@ -98,9 +99,8 @@ def augment_pair(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One random view of a standardised batch ``sar`` [n,2,P,P], ``optical`` [n,12,P,P].
 
-    The crop is resampled to ``size`` x ``size`` (default P): training on smaller crops is the usual way to
-    cut the
-    cost of contrastive pre-training (SimCLR trains at 224 px crops of larger images).
+    The crop is resampled to ``size`` x ``size`` (default P): training on smaller crops is the usual way to cut
+    the cost of contrastive pre-training (SimCLR trains at 224 px crops of larger images).
     """
     n, _, h, w = sar.shape
     if size:

@@ -40,8 +40,7 @@ def state_dict_hash(state_dict: dict[str, torch.Tensor]) -> str:
 def save_checkpoint(
     path: str | Path, model: MosaicModel, contract: Contract, extra: dict[str, Any] | None = None
 ) -> Contract:
-    """Write ``model`` and ``contract`` to ``path`` atomically; return the contract with ``model_hash``
-    filled in.
+    """Write ``model`` and ``contract`` to ``path`` atomically; return the contract with ``model_hash`` set.
 
     Args:
         path: Destination ``.pt`` file.

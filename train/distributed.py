@@ -1,13 +1,17 @@
-"""torchrun / DistributedDataParallel plumbing, and the all-gather that keeps gradients.
+"""torchrun / DistributedDataParallel plumbing: the all-gather that keeps gradients, and SyncBatchNorm.
 
 Contrastive losses need negatives from the whole global batch, so every rank gathers all ranks' embeddings and
-computes the *global* loss (the same value on every rank). :class:`_GatherWithGrad` sums the incoming
-gradients over
-ranks in backward (all-reduce, then the local slice), so each rank receives ``W * dL/dz_local``; DDP then
-averages
-parameter gradients over the W ranks, which leaves exactly ``dL/dtheta`` of the global-batch loss. The
-all-reduce
-works on gloo as well as NCCL (gloo has no reduce-scatter).
+computes the *global* loss (the same value on every rank). :class:`_GatherWithGrad` sums the incoming gradients
+over ranks in backward (all-reduce, then the local slice), so each rank receives ``W * dL/dz_local``; DDP then
+averages parameter gradients over the W ranks, which leaves exactly ``dL/dtheta`` of the global-batch loss. The
+all-reduce works on gloo as well as NCCL (gloo has no reduce-scatter).
+
+BatchNorm statistics of one rank's slice of the batch let a contrastive model tell the ranks' samples apart
+(the two views of a patch share a rank, so per-rank statistics leak the pairing; SimCLR and MoCo synchronise BN
+for this reason), so pre-training under DDP uses ``torch.nn.SyncBatchNorm``
+(:func:`use_sync_batchnorm`; torch implements it for CUDA tensors only, so CPU / gloo runs keep per-process
+BatchNorm and say so) and reverts to plain BatchNorm for the single-process phases after it
+(:func:`revert_sync_batchnorm`).
 """
 
 from __future__ import annotations
@@ -37,8 +41,7 @@ class DistInfo:
 
 
 def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group described by torchrun's environment (``WORLD_SIZE`` > 1), else run
-    single-process.
+    """Join the process group described by torchrun's environment (``WORLD_SIZE`` > 1), else run single-process.
 
     The backend is NCCL on CUDA, gloo on CPU.
     """
@@ -71,8 +74,10 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """Concatenate ``x`` [n, ...] from all ranks in rank order (equal n per rank), differentiably; identity
-    if 1."""
+    """Concatenate ``x`` [n, ...] from all ranks in rank order (equal n per rank), keeping gradients.
+
+    The identity without a process group or with one rank.
+    """
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x
     return _GatherWithGrad.apply(x)
@@ -96,3 +101,33 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     dist.all_reduce(t)
     t /= dist.get_world_size()
     return dict(zip(keys, t.tolist(), strict=True))
+
+
+def use_sync_batchnorm(model: torch.nn.Module, info: DistInfo, device: torch.device, wanted: bool) -> bool:
+    """Replace the BatchNorm layers of ``model`` (in place) by ``SyncBatchNorm`` when ``wanted`` under DDP.
+
+    Returns whether it did: only with more than one process and on CUDA (torch's SyncBatchNorm refuses CPU
+    tensors). Parameters and running statistics are shared with the layers they replace.
+    """
+    if not (wanted and info.enabled and device.type == "cuda"):
+        return False
+    for name, child in list(model.named_children()):
+        model.add_module(name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    return True
+
+
+def revert_sync_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """Turn every ``SyncBatchNorm`` of ``module`` back into ``BatchNorm2d`` (in place; parameters and running
+    statistics shared), for the phases that run on one process."""
+    if isinstance(module, torch.nn.SyncBatchNorm):
+        bn = torch.nn.BatchNorm2d(module.num_features, module.eps, module.momentum, module.affine,
+                                  module.track_running_stats)
+        if module.affine:
+            bn.weight, bn.bias = module.weight, module.bias
+        bn.running_mean, bn.running_var = module.running_mean, module.running_var
+        bn.num_batches_tracked = module.num_batches_tracked
+        bn.train(module.training)
+        return bn
+    for name, child in list(module.named_children()):
+        module.add_module(name, revert_sync_batchnorm(child))
+    return module

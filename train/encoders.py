@@ -1,17 +1,13 @@
 """Encoder registry: ResNets for multispectral input written in plain torch, plus tiny test architectures.
 
-Every encoder takes ``in_chans`` (2 for Sentinel-1 VV/VH, 12 for Sentinel-2) in its first convolution and
-splits
-``forward_features`` (a spatial feature map [N, F, h, w]) from ``forward_head`` (global average pool -> [N,
-F]),
+Every encoder takes ``in_chans`` (2 for Sentinel-1 VV/VH, 12 for Sentinel-2) in its first convolution and splits
+``forward_features`` (a spatial feature map [N, F, h, w]) from ``forward_head`` (global average pool -> [N, F]),
 as timm does (STYLE.md #6). No torchvision: it does not import against the CPU torch build used here, and no
 pretrained ImageNet weights exist for 12-band input anyway.
 
 Registered names: ``tiny`` (two convolutions, runs in milliseconds, for tests), ``resnet10_micro`` (one basic
-block
-per stage at 1/8 width: the embedded default that trains in minutes on 2 CPU cores), ``resnet18_narrow``
-(ResNet-18
-at 1/4 width), ``resnet18``, ``resnet50``.
+block per stage at 1/8 width: the embedded default that trains in minutes on 2 CPU cores), ``resnet18_narrow``
+(ResNet-18 at 1/4 width), ``resnet18``, ``resnet50``.
 """
 
 from __future__ import annotations

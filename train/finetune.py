@@ -1,21 +1,19 @@
 """Phase 3: end-to-end fine-tuning of encoders and classifiers with BCE, after the contrastive pre-training.
 
-Why: heads on frozen contrastive features are the bottleneck of the embedded default. On the synthetic
-benchmark (resnet10_micro, 12 pre-training epochs on 32 px crops, 48 px patches) the linear probe reaches
-validation macro mAP 0.612; fine-tuning the whole model from there with BCE reaches 0.743 (20 epochs,
-lr 3e-3), 0.761 (20 epochs, lr 6e-3) and 0.784 (30 epochs, lr 6e-3), while 15 epochs of the same BCE training
-from random weights reach only 0.481, so the MoSAiC pre-training is what makes the short fine-tune work
-(tuning table and commands: ``benchmarks/RESULTS.md``, "Embedded default training").
+Why: heads on frozen contrastive features are the bottleneck of the embedded default, and fine-tuning from the
+MoSAiC pre-training reaches far more than the same BCE training from random weights (``benchmarks/RESULTS.md``,
+"Embedded default training").
 
 Procedure: the heads start from the phase-2 linear fit (so the first steps do not push random-head gradients
-into the pre-trained encoders); then every labelled train patch, one augmented view per epoch (flips and
-90-degree rotations only: whole patches, so the fine-tuned model sees the same scale as at evaluation), mean
-BCE of the fused, SAR-only and optical-only classifiers, AdamW with cosine decay, gradient clipping, AMP on
-CUDA. The projection heads are not trained here (they get no gradient), so the embeddings, and the silhouette
-measured on them, move only with the encoders. It runs on one process (rank 0 of a torchrun job), after the
-DDP pre-training, and is not checkpointed per epoch (``--resume`` covers phase 1 only). Limitation: on a large
-dataset (BigEarthNet v2 under torchrun) this single-process phase is slow; pass ``--finetune-epochs 0`` there
-or keep it short. In the embedded default it costs about as much wall time as the pre-training.
+into the pre-trained encoders); then every labelled train patch, one augmented view per epoch
+(:data:`~.augment.GEOMETRIC_AUGMENT`: whole patches, so the fine-tuned model sees the same scale as at
+evaluation), mean BCE of the fused, SAR-only and optical-only classifiers, AdamW with cosine decay, gradient
+clipping, AMP on CUDA. Each epoch is one pass of the split's loader over that epoch's batches (the loader and its
+workers live as long as the split). The projection heads are not trained here (they get no gradient), so the
+embeddings move only with the encoders; measure cluster coherence on the encoder features
+(``silhouette_features``). It runs on one process (rank 0 of a torchrun job), after the DDP pre-training, and is
+not checkpointed per epoch (``--resume`` covers phase 1 only): on a large dataset pass ``--finetune-epochs 0``
+or keep it short.
 """
 
 from __future__ import annotations
@@ -27,14 +25,10 @@ from typing import Any
 import torch
 
 from mosaic_edge.contract import Contract
-from mosaic_edge.train.augment import AugmentConfig, augment_pair
-from mosaic_edge.train.data import epoch_batches
+from mosaic_edge.train.augment import GEOMETRIC_AUGMENT, AugmentConfig, augment_pair
 from mosaic_edge.train.models import MosaicModel
 from mosaic_edge.train.objective import bce_terms
-
-# Geometry only: the photometric augmentations (speckle, gain, clouds) and crops serve the contrastive views;
-# for the classifier they only add label noise (a crop can drop a 3 %-area class that is still labelled).
-FINETUNE_AUGMENT = AugmentConfig(crop_scale=(1.0, 1.0), speckle_p=0.0, gain=0.0, cloud_p=0.0)
+from mosaic_edge.train.sampling import epoch_batches
 
 
 def finetune_parameters(model: MosaicModel) -> list[torch.nn.Parameter]:
@@ -54,7 +48,8 @@ def finetune(
     weight_decay: float = 1e-4,
     grad_clip: float = 3.0,
     amp_dtype: torch.dtype | None = None,
-    augment: AugmentConfig = FINETUNE_AUGMENT,
+    augment: AugmentConfig = GEOMETRIC_AUGMENT,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> list[float]:
     """Fine-tune ``model`` end to end with BCE on the labelled patches of ``split``; return loss per epoch.
 
@@ -66,6 +61,7 @@ def finetune(
         seed: Seeds the batch order and the augmentations (deterministic given the seed).
         device: Where the model lives.
         amp_dtype: Autocast dtype on CUDA (None: full precision).
+        memory_format: Of the input batches (``torch.channels_last`` with a channels_last model).
     """
     labelled = torch.nonzero(split.labelled).flatten()
     if epochs <= 0 or len(labelled) == 0:
@@ -80,16 +76,16 @@ def finetune(
     history = []
     model.train()
     for epoch in range(epochs):
-        run, seen = 0.0, 0
-        for step, pos in enumerate(epoch_batches(len(labelled), bs, seed + 7919, epoch)[:steps]):
+        run, seen = torch.zeros((), device=device), 0  # summed on the device: no host sync per step
+        batches = [labelled[pos] for pos in epoch_batches(len(labelled), bs, seed + 7919, epoch)[:steps]]
+        for step, b in enumerate(split.iter_batches(batches, device)):
             gstep = epoch * steps + step
             for group in opt.param_groups:
                 group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * gstep / total))
             gen.manual_seed((seed * 1_000_003 + gstep) * 64 + 63)
-            b = next(iter(split.iter_batches([labelled[pos]])))
-            sar, optical = b["sar"].to(device), b["optical"].to(device)
-            y = b["labels"].to(device)
-            sar, optical = augment_pair(sar, optical, contract, augment, gen)
+            y = b["labels"]
+            sar, optical = augment_pair(b["sar"], b["optical"], contract, augment, gen)
+            sar, optical = sar.contiguous(memory_format=memory_format), optical.contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext():
                 out = model.heads(*model.features(sar, optical))
             loss = bce_terms(out, y)
@@ -100,8 +96,8 @@ def finetune(
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             scaler.step(opt)
             scaler.update()
-            run += float(loss.detach()) * len(y)
+            run += loss.detach().float() * len(y)
             seen += len(y)
-        history.append(run / max(1, seen))
+        history.append(float(run) / max(1, seen))
     model.eval()
     return history

@@ -1,28 +1,28 @@
-"""The training run: phase 1 contrastive pre-training (MoSAiC objective), phase 2 heads, thresholds.
+"""The training run: phase 1 contrastive pre-training (MoSAiC objective), phase 2 heads, phase 3 fine-tune.
 
 Phase 1 optimises ``l_intra (L_s1 + L_s2) + l_inter L_inter + l_sup L_mlsup`` (plus the classifiers' BCE in
-``joint`` mode) with AdamW, linear warm-up then cosine decay per step, gradient clipping, AMP on CUDA, under
-DDP when launched by torchrun. A weights-only training state (``last.pt``) is written every epoch;
-``resume=True`` continues from it bit-identically (data order and augmentations are pure functions of seed,
-epoch and step). Phase 2 (rank 0) freezes the encoders and fits the three linear heads on the labelled
-train patches (:mod:`.probe`); phase 3 (rank 0, ``finetune_epochs > 0``) fine-tunes encoders and heads end
-to end with BCE from there (:mod:`.finetune`; why: frozen heads were the bottleneck); then it tunes per-class
-thresholds on validation (max F1), evaluates on test and writes ``model.pt``, ``contract.json``,
-``metrics.jsonl`` and ``curves.png``.
+``joint`` mode) with AdamW, linear warm-up then cosine decay per step, gradient clipping, AMP on CUDA (bf16 where
+supported), channels_last on CUDA, optionally ``torch.compile``, under DDP with SyncBatchNorm when launched by
+torchrun. With few labels, every batch holds at least ``min_labelled`` labelled patches
+(:func:`~.sampling.labelled_epoch_batches`). Without any contrastive term (the supervised baseline) a batch is
+one geometric view of labelled patches with BCE. A weights-only training state (``last.pt``) is written every
+epoch; ``resume=True`` continues from it bit-identically (data order and augmentations are pure functions of
+seed, epoch and step). Phase 2 (rank 0) freezes the encoders and fits the three linear heads on the labelled
+train patches (:mod:`.probe`); phase 3 (rank 0, ``finetune_epochs > 0``) fine-tunes encoders and heads end to
+end with BCE from there (:mod:`.finetune`); then it tunes per-class thresholds on validation (max F1), evaluates
+on test and writes ``model.pt``, ``contract.json``, ``metrics.jsonl`` and ``curves.png``.
 
-Why two phases by default (``classifier="two-phase"``) rather than BCE jointly with the contrastive terms:
-joint BCE did not measurably help (synthetic benchmark, resnet10_micro, 12 epochs, 48 px patch, 32 px crops:
-validation macro mAP 0.620 two-phase vs 0.615 joint, test 0.611 vs 0.595; 24 px / 6 epochs: validation 0.495
-vs 0.493), while two phases keep the pre-training objective exactly MoSAiC's, make phase 2 the same
-procedure as the linear-probe protocol, and let a pre-trained encoder be re-probed at any label fraction
-without retraining.
-Commands: ``mosaic-edge train --crop-size 32 [--classifier joint]`` (and ``--patch-size 24 --crop-size 16
---epochs 6``); numbers from the lead's re-run may differ slightly (one seed each).
+Why two phases by default (``classifier="two-phase"``) rather than BCE jointly with the contrastive terms: joint
+BCE did not measurably help (``benchmarks/RESULTS.md``, "Previous embedded default", the ``--classifier joint``
+rows), while two phases keep the pre-training objective exactly MoSAiC's, make phase 2 the same procedure as the
+linear-probe protocol, and let a pre-trained encoder be re-probed at any label fraction without retraining.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -34,19 +34,27 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from mosaic_edge.errors import UserError
-from mosaic_edge.train.augment import AugmentConfig, augment_pair
+from mosaic_edge.train.augment import GEOMETRIC_AUGMENT, AugmentConfig, augment_pair
 from mosaic_edge.train.checkpoint import save_checkpoint
 from mosaic_edge.train.config import TrainConfig
-from mosaic_edge.train.data import contract_for_config, data_spec, epoch_batches, load_split
-from mosaic_edge.train.distributed import DistInfo, all_reduce_mean, init_distributed, shutdown_distributed
-from mosaic_edge.train.evaluate import linear_probe, tune_and_test
+from mosaic_edge.train.data import contract_for_config, data_spec, load_split
+from mosaic_edge.train.distributed import (
+    DistInfo,
+    all_reduce_mean,
+    init_distributed,
+    revert_sync_batchnorm,
+    shutdown_distributed,
+    use_sync_batchnorm,
+)
+from mosaic_edge.train.evaluate import linear_probe, load_eval_splits, tune_and_test
 from mosaic_edge.train.finetune import finetune
 from mosaic_edge.train.models import MosaicModel, build_model
 from mosaic_edge.train.objective import LossWeights, mosaic_loss
 from mosaic_edge.train.report import Progress, append_jsonl, plot_curves
+from mosaic_edge.train.sampling import epoch_batches, labelled_epoch_batches
 
 # Fields that may change between an interrupted run and its resumption without changing the result.
-_RESUME_FREE = ("out", "log_every", "num_workers", "device", "cache_gb")
+_RESUME_FREE = ("out", "log_every", "num_workers", "device", "cache_gb", "compile")
 
 
 @dataclass
@@ -76,6 +84,12 @@ def amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
     return torch.float16
 
 
+def memory_format(cfg: TrainConfig, device: torch.device) -> torch.memory_format:
+    """``torch.channels_last`` (``auto``: on CUDA, where cuDNN convolutions prefer it) or the default format."""
+    on = cfg.channels_last == "on" or (cfg.channels_last == "auto" and device.type == "cuda")
+    return torch.channels_last if on else torch.contiguous_format
+
+
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``total``."""
     if step < warmup:
@@ -89,13 +103,19 @@ def loss_weights(cfg: TrainConfig) -> LossWeights:
     )
 
 
-def _train_indices(split: Any, w: LossWeights) -> torch.Tensor | None:
-    """Without contrastive terms only labelled patches carry a loss, so train on those (tiled to the epoch
-    length)."""
-    if w.contrastive:
-        return None
-    idx = torch.nonzero(split.labelled).flatten()
-    return idx if len(idx) else None
+def _epoch_batches(cfg: TrainConfig, split: Any, w: LossWeights, bs: int, epoch: int,
+                   dist: DistInfo) -> list[torch.Tensor]:
+    """This rank's batches of phase-1 epoch ``epoch``.
+
+    Without contrastive terms only labelled patches carry a loss, so batches cycle through those; otherwise
+    every patch is seen once per epoch with at least ``cfg.min_labelled`` labelled ones per batch.
+    """
+    labelled = split.labelled
+    subset = torch.nonzero(labelled).flatten()
+    if not w.contrastive and len(subset):
+        return [subset[b % len(subset)]
+                for b in epoch_batches(len(split), bs, cfg.seed, epoch, dist.rank, dist.world_size)]
+    return labelled_epoch_batches(labelled, bs, cfg.min_labelled, cfg.seed, epoch, dist.rank, dist.world_size)
 
 
 def _save_state(
@@ -107,8 +127,6 @@ def _save_state(
     cfg: TrainConfig,
     records: list[dict[str, Any]],
 ) -> None:
-    import json
-
     state = {
         "format": "mosaic-edge-train-state",
         "epoch": epoch,
@@ -123,6 +141,18 @@ def _save_state(
     tmp.replace(path)
 
 
+def _restore(state_path: Path, cfg: TrainConfig, model: MosaicModel, opt: torch.optim.Optimizer, scaler: Any,
+             device: torch.device) -> tuple[int, list[dict[str, Any]]]:
+    state = torch.load(state_path, map_location=device, weights_only=True)
+    saved = {k: v for k, v in json.loads(state["config"]).items() if k not in _RESUME_FREE}
+    if saved != {k: v for k, v in json.loads(cfg.to_json()).items() if k not in _RESUME_FREE}:
+        raise UserError(f"{state_path} was written by a different training config; refusing to resume")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    return int(state["epoch"]), json.loads(state["records"])
+
+
 def pretrain(
     cfg: TrainConfig,
     model: MosaicModel,
@@ -134,83 +164,87 @@ def pretrain(
     stop_after: int | None,
 ) -> list[dict[str, Any]]:
     """Phase 1; returns the per-epoch records (including those restored on resume)."""
-    import json
-
     w = loss_weights(cfg)
     out = cfg.out_dir
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     dtype = amp_dtype(cfg, device)
+    fmt = memory_format(cfg, device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
     records: list[dict[str, Any]] = []
     start = 0
     state_path = out / "last.pt"
     if resume and state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        saved = {k: v for k, v in json.loads(state["config"]).items() if k not in _RESUME_FREE}
-        if saved != {k: v for k, v in cfg.to_dict().items() if k not in _RESUME_FREE}:
-            raise UserError(f"{state_path} was written by a different training config; refusing to resume")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start, records = int(state["epoch"]), json.loads(state["records"])
+        start, records = _restore(state_path, cfg, model, opt, scaler, device)
+    synced = use_sync_batchnorm(model, dist, device, cfg.sync_bn)
+    if dist.enabled and cfg.sync_bn and not synced and dist.is_main:
+        print("note: SyncBatchNorm needs CUDA tensors (torch); BatchNorm statistics stay per process on "
+              f"{device.type}", file=sys.stderr)
     net: Any = (
         DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         if dist.enabled
         else model
     )
-    subset = _train_indices(train_split, w)
+    if cfg.compile:
+        net = torch.compile(net)
     n = len(train_split)
     bs = min(cfg.batch_size, n) // dist.world_size * dist.world_size
     steps = n // bs
     total, warm = cfg.epochs * steps, int(round(cfg.warmup_epochs * steps))
-    aug = AugmentConfig()
+    aug = AugmentConfig() if w.contrastive else GEOMETRIC_AUGMENT
+    crop = (cfg.crop_size or None) if w.contrastive else None
     gen = torch.Generator(device=device)
-    for epoch in range(start, cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)):
-        net.train()
-        batches = epoch_batches(n, bs, cfg.seed, epoch, dist.rank, dist.world_size)
-        if subset is not None:  # map positions onto the labelled subset, cycling through it
-            batches = [subset[b % len(subset)] for b in batches]
-        prog = Progress("pretrain", epoch, cfg.epochs, len(batches), cfg.log_every, dist.is_main)
-        sums: dict[str, float] = {}
-        t0 = time.perf_counter()
-        for step, b in enumerate(train_split.iter_batches(batches)):
-            gstep = epoch * steps + step
-            for group in opt.param_groups:
-                group["lr"] = lr_at(gstep, total, warm, cfg.lr)
-            gen.manual_seed((cfg.seed * 1_000_003 + gstep) * 64 + dist.rank)
-            sar, optical = b["sar"].to(device, non_blocking=True), b["optical"].to(device, non_blocking=True)
-            labels, labelled = b["labels"].to(device), b["labelled"].to(device)
-            s1, o1 = augment_pair(sar, optical, contract, aug, gen, cfg.crop_size or None)
-            s2, o2 = augment_pair(sar, optical, contract, aug, gen, cfg.crop_size or None)
-            with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
-                both = net(torch.cat([s1, s2]), torch.cat([o1, o2]))  # one pass for both views
-            k = len(sar)
-            v1 = {key: v[:k] for key, v in both.items()}
-            v2 = {key: v[k:] for key, v in both.items()}
-            loss, terms = mosaic_loss(v1, v2, labels, labelled, w)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(opt)
-                terms["gnorm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            scaler.step(opt)
-            scaler.update()
-            for key, v in terms.items():
-                sums[key] = sums.get(key, 0.0) + v
-            prog.update(step, k * dist.world_size, terms)
-        means = all_reduce_mean({f"loss_{k}": v / max(1, len(batches)) for k, v in sums.items()}, device)
-        rec = {
-            "phase": "pretrain",
-            "epoch": epoch,
-            **means,
-            "lr": opt.param_groups[0]["lr"],
-            "samples_per_s": prog.throughput,
-            "time_s": time.perf_counter() - t0,
-            "world_size": dist.world_size,
-        }
-        records.append(rec)
-        if dist.is_main:
-            _save_state(state_path, model, opt, scaler, epoch + 1, cfg, records)
+    try:
+        for epoch in range(start, cfg.epochs if stop_after is None else min(cfg.epochs, stop_after)):
+            net.train()
+            batches = _epoch_batches(cfg, train_split, w, bs, epoch, dist)
+            prog = Progress("pretrain", epoch, cfg.epochs, len(batches), cfg.log_every, dist.is_main)
+            sums: dict[str, torch.Tensor] = {}
+            t0 = time.perf_counter()
+            for step, b in enumerate(train_split.iter_batches(batches, device)):
+                gstep = epoch * steps + step
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(gstep, total, warm, cfg.lr)
+                gen.manual_seed((cfg.seed * 1_000_003 + gstep) * 64 + dist.rank)
+                sar, optical, labels, labelled = b["sar"], b["optical"], b["labels"], b["labelled"]
+                views = [augment_pair(sar, optical, contract, aug, gen, crop)]
+                if w.contrastive:
+                    views.append(augment_pair(sar, optical, contract, aug, gen, crop))
+                s_in = torch.cat([v[0] for v in views]).contiguous(memory_format=fmt)
+                o_in = torch.cat([v[1] for v in views]).contiguous(memory_format=fmt)
+                with torch.autocast(device.type, dtype=dtype) if dtype else nullcontext():
+                    both = net(s_in, o_in)  # one pass for both views
+                k = len(sar)
+                v1 = {key: v[:k] for key, v in both.items()}
+                v2 = {key: v[k:] for key, v in both.items()} if w.contrastive else None
+                loss, terms = mosaic_loss(v1, v2, labels, labelled, w)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if cfg.grad_clip > 0:
+                    scaler.unscale_(opt)
+                    terms["gnorm"] = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip).detach()
+                scaler.step(opt)
+                scaler.update()
+                for key, v in terms.items():
+                    sums[key] = sums[key] + v.float() if key in sums else v.float()
+                prog.update(step, k * dist.world_size, terms)
+            means = all_reduce_mean({f"loss_{k}": float(v) / max(1, len(batches)) for k, v in sums.items()}, device)
+            rec = {
+                "phase": "pretrain",
+                "epoch": epoch,
+                **means,
+                "lr": opt.param_groups[0]["lr"],
+                "samples_per_s": prog.throughput,
+                "time_s": time.perf_counter() - t0,
+                "world_size": dist.world_size,
+                "sync_bn": synced,
+                "channels_last": fmt == torch.channels_last,
+            }
+            records.append(rec)
+            if dist.is_main:
+                _save_state(state_path, model, opt, scaler, epoch + 1, cfg, records)
+    finally:
+        if synced:
+            revert_sync_batchnorm(model)
     return records
 
 
@@ -222,11 +256,12 @@ def finish(
     device: torch.device,
     records: list[dict[str, Any]],
 ) -> TrainResult:
-    """Phases 2-3 on rank 0: heads on frozen features, optional end-to-end fine-tune, thresholds on
-    validation, test metrics, artefacts."""
+    """Phases 2-3 on rank 0: heads on frozen features, optional end-to-end fine-tune, thresholds on validation,
+    test metrics, artefacts."""
     out = cfg.out_dir
     t0 = time.perf_counter()
-    contract, res = linear_probe(model, cfg, contract, cfg.label_fraction, device, train_split)
+    eval_splits = load_eval_splits(cfg, contract)
+    contract, res = linear_probe(model, cfg, contract, cfg.label_fraction, device, train_split, eval_splits)
     val_metrics, test_metrics = res["val"], res["test"]
     records.append(
         {
@@ -251,8 +286,9 @@ def finish(
             weight_decay=cfg.weight_decay,
             grad_clip=cfg.grad_clip,
             amp_dtype=amp_dtype(cfg, device),
+            memory_format=memory_format(cfg, device),
         )
-        contract, res = tune_and_test(model, cfg, contract, device)
+        contract, res = tune_and_test(model, cfg, contract, device, eval_splits)
         val_metrics, test_metrics = res["val"], res["test"]
         records.append(
             {
@@ -266,6 +302,7 @@ def finish(
         )
     summary = {k: v for k, v in test_metrics.items() if k != "per_class_ap"}
     records.append({"phase": "test", **summary})
+    model.to(memory_format=torch.contiguous_format)  # the saved weights are layout-neutral
     contract = save_checkpoint(
         out / "model.pt",
         model,
@@ -282,7 +319,7 @@ def finish(
 
 
 def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> TrainResult:
-    """Run a whole training (both phases) described by ``cfg``; see the module docstring.
+    """Run a whole training (all phases) described by ``cfg``; see the module docstring.
 
     Args:
         cfg: The run's configuration.
@@ -305,7 +342,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             cfg.embed_dim,
             len(contract.sar_bands),
             len(contract.optical_bands),
-        ).to(device)
+        ).to(device, memory_format=memory_format(cfg, device))
         train_split = load_split(cfg, contract, "train", cfg.label_fraction)
         records = pretrain(cfg, model, train_split, contract, dist, device, resume, stop_after)
         if stop_after is not None and stop_after < cfg.epochs:
@@ -315,9 +352,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             if dist.is_main
             else TrainResult(out, out / "model.pt")
         )
-        # No barrier: phase 2 runs no collectives, and on a large dataset it can outlast the gloo/NCCL
-        # timeout that
-        # a barrier would impose on the idle ranks; torchrun waits for every rank to exit anyway.
+        # No barrier: phases 2-3 run no collectives, and on a large dataset they can outlast the gloo/NCCL
+        # timeout that a barrier would impose on the idle ranks; torchrun waits for every rank to exit anyway.
         return result
     finally:
         shutdown_distributed()

@@ -5,10 +5,8 @@ place, and ``s_ij = a_i . b_j / tau``::
 
     L = 1/2 * ( 1/N sum_i -log softmax_j(s_ij)[i]  +  1/N sum_j -log softmax_i(s_ij)[j] )
 
-i.e. cross-entropy of the [N, N] logit matrix against the diagonal, in both directions. Known answers: all
-rows
-identical -> ``log N``; matching pairs identical and other pairs orthogonal -> ``log(1 + (N - 1)
-exp(-1/tau))``.
+i.e. cross-entropy of the [N, N] logit matrix against the diagonal, in both directions. Known answers: all rows
+identical -> ``log N``; matching pairs identical and other pairs orthogonal -> ``log(1 + (N - 1) exp(-1/tau))``.
 """
 
 from __future__ import annotations

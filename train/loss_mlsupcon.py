@@ -14,10 +14,13 @@ stacked as ``z`` [V*M, D] with labels ``y`` [V*M, C] repeated accordingly. With 
     L        = mean of L_i over anchors with sum_{j != i} w_ij > 0
 
 The S1 and S2 embeddings of one patch have w = 1, so the cross-modal pair is always a positive. Known answers:
-all K = VM rows with the same labels and identical embeddings -> ``log(K - 1)``; distinct one-hot labels, the
-V
+all K = VM rows with the same labels and identical embeddings -> ``log(K - 1)``; distinct one-hot labels, the V
 views of a patch identical and different patches orthogonal -> ``log(V - 1 + (K - V) exp(-1/tau))``. A batch
 without a valid anchor gives 0 (still attached to the graph, so DDP sees every parameter used).
+
+The loss is bounded below by the entropy of each anchor's normalised weights ``w_ij / sum_j w_ij`` (reached when
+``p_ij`` is proportional to ``w_ij``), not by 0: with many partially overlapping label sets in a batch that floor
+is high (``benchmarks/RESULTS.md``, "SupCon term during pre-training").
 """
 
 from __future__ import annotations
@@ -36,8 +39,7 @@ def jaccard_matrix(y: torch.Tensor) -> torch.Tensor:
 
 
 def multilabel_supcon(z: torch.Tensor, y: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Jaccard-weighted multi-label SupCon loss (scalar) of embeddings ``z`` [K, D] with labels ``y`` [K,
-    C]."""
+    """Jaccard-weighted multi-label SupCon loss (scalar) of embeddings ``z`` [K, D] with labels ``y`` [K, C]."""
     if z.ndim != 2 or y.ndim != 2 or z.shape[0] != y.shape[0]:
         raise ValueError(f"need z [K, D] and y [K, C], got {tuple(z.shape)} and {tuple(y.shape)}")
     k = z.shape[0]

@@ -8,10 +8,8 @@
                                     |  \\--cls_optical----------------> logits_optical [N,C]
                           concat(f_s, f_o) --cls_fused-------------> logits [N,C]
 
-The per-modality classifiers let the runtime classify a tile from SAR alone when its optical half is missing
-or
-cloud-covered. :meth:`MosaicModel.forward` returns exactly the contract's ``output_names``, in that order, so
-the
+The per-modality classifiers let the runtime classify a tile from SAR alone when its optical half is missing or
+cloud-covered. :meth:`MosaicModel.forward` returns exactly the contract's ``output_names``, in that order, so the
 ONNX export can map dict keys to graph outputs one to one.
 """
 
@@ -30,8 +28,7 @@ ARCHS = tuple(list_encoders())
 
 
 class ProjectionHead(nn.Module):
-    """MLP ``Linear -> ReLU -> Linear`` then L2 normalisation (SimCLR's non-linear projection, Chen et al.
-    2020).
+    """MLP ``Linear -> ReLU -> Linear``, then L2 normalisation (SimCLR's projection, Chen et al. 2020).
 
     No BatchNorm: it would couple samples across the batch (and ranks under DDP) and complicate export.
     """
@@ -98,8 +95,7 @@ class MosaicModel(nn.Module):
         return {name: out[name] for name in OUTPUT_NAMES}
 
     def forward(self, sar: torch.Tensor, optical: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Args: sar [N,sar_chans,P,P], optical [N,optical_chans,P,P] normalised float. Returns the output
-        dict."""
+        """The output dict of ``sar`` [N,sar_chans,P,P] and ``optical`` [N,optical_chans,P,P] (standardised)."""
         return self.heads(*self.features(sar, optical))
 
     def classifier_parameters(self) -> list[nn.Parameter]:
@@ -117,8 +113,7 @@ def build_model(
     """Build a :class:`MosaicModel`.
 
     Args:
-        arch: Encoder registry name (``tiny``, ``resnet18_narrow``, ``resnet18``, ``resnet50``), both
-        modalities.
+        arch: Encoder registry name for both modalities (:func:`~.encoders.list_encoders`).
         num_classes: Number of labels C.
         embed_dim: Projection dimension D of ``emb_sar`` / ``emb_optical``.
         sar_chans / optical_chans: Input bands of each modality.

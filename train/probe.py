@@ -1,10 +1,8 @@
-"""Frozen-feature protocols: feature extraction, the linear multi-label heads (phase 2 / linear probe),
-thresholds.
+"""Frozen-feature protocols: feature extraction, the linear multi-label heads (phase 2 / linear probe), and
+per-class thresholds.
 
-Phase 2 of training and the linear-probe protocol are the same procedure: freeze the encoders, embed the
-labelled
-train patches once (no augmentation), then fit the three linear classifiers (fused, SAR-only, optical-only)
-with
+Phase 2 of training and the linear-probe protocol are the same procedure: freeze the encoders, embed the labelled
+train patches once (no augmentation), then fit the three linear classifiers (fused, SAR-only, optical-only) with
 BCE on the cached features. Fitting on cached features costs milliseconds per epoch, so hundreds of epochs are
 free, and the result is deterministic given the seed.
 """
@@ -20,7 +18,7 @@ import torch.nn.functional as F
 
 from mosaic_edge.train.models import MosaicModel
 
-FEATURE_KEYS = ("f_sar", "f_optical")
+FEATURE_KEYS: tuple[str, str] = ("f_sar", "f_optical")
 
 
 @torch.no_grad()
@@ -55,8 +53,7 @@ def fit_heads(
     weight_decay: float = 1e-4,
     batch_size: int = 256,
 ) -> list[float]:
-    """Fit the model's three linear classifiers on frozen features of the labelled rows; return loss per
-    epoch.
+    """Fit the model's three linear classifiers on frozen features of the labelled rows; return the loss per epoch.
 
     Heads are re-initialised first so the result depends only on the features (the linear-probe protocol).
     """
@@ -116,8 +113,7 @@ def fit_heads(
 
 
 def tune_thresholds(probs: np.ndarray, labels: np.ndarray, lo: float = 0.01, hi: float = 0.99) -> np.ndarray:
-    """Per-class threshold maximising F1 on validation probabilities [N, C] (0.5 for classes with no
-    positive).
+    """Per-class threshold maximising F1 on validation probabilities [N, C] (0.5 for a class without positives).
 
     Candidates are midpoints between consecutive sorted scores, so the chosen threshold separates the data the
     same way at any precision; it is clipped to ``[lo, hi]`` because the contract requires ``0 < t < 1``.

@@ -10,8 +10,10 @@ from typing import Any
 
 
 class Progress:
-    """One progress line per ``every`` steps: phase, epoch, step, loss terms and samples/s (stderr, no
-    tqdm)."""
+    """One stderr line per ``every`` steps: phase, epoch, step, loss terms and samples/s (no tqdm).
+
+    Loss terms may be 0-d tensors on the training device: they are read (one host sync) only when printed.
+    """
 
     def __init__(self, phase: str, epoch: int, epochs: int, steps: int, every: int, enabled: bool = True):
         self.phase, self.epoch, self.epochs, self.steps = phase, epoch, epochs, steps
@@ -41,12 +43,6 @@ class Progress:
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot_curves(records: list[dict[str, Any]], path: Path) -> Path:

@@ -1,121 +1,95 @@
-"""CLI commands of the train stage: ``train`` and ``evaluate`` (registered on the main app by
-:func:`register`).
+"""CLI commands of the train stage: ``train`` and ``evaluate`` (registered on the main app by :func:`register`).
 
-Both parse options into a library call (:func:`mosaic_edge.train.loop.train`,
+``train``'s options are built from the fields of :class:`~mosaic_edge.train.config.TrainConfig` (name, type,
+default and the help in each field's metadata), so the config is the one place for them; the command adds only
+``--resume``. Both commands parse options into a library call (:func:`mosaic_edge.train.loop.train`,
 :func:`mosaic_edge.train.evaluate.evaluate_checkpoint`); torch is imported inside the command bodies.
 Multi-GPU: ``torchrun --nproc_per_node N -m mosaic_edge train ...``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import math
+import typing
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 
-# Light (no torch): defaults live in one place, the frozen TrainConfig (STYLE.md #5).
+# Light (no torch): the fields are read, no config is built at import time.
 from mosaic_edge.train.config import TrainConfig
 
-_D = TrainConfig()
+
+def _cli_type(tp: Any) -> Any:
+    """The typer annotation of a config field type (tuples of strings become repeatable options)."""
+    if typing.get_origin(tp) is tuple:
+        return list[typing.get_args(tp)[0]]  # type: ignore[misc]
+    return tp
 
 
-def train_cmd(
-    data: str = typer.Option("synthetic", "--data", help="synthetic, or a BigEarthNet v2 / SEN12MS root."),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output directory (default runs/<name from config>)."
-    ),
-    arch: str = typer.Option(
-        _D.arch, "--arch", help="tiny | resnet10_micro | resnet18_narrow | resnet18 | resnet50."
-    ),
-    epochs: int = typer.Option(_D.epochs, "--epochs", help="Contrastive pre-training epochs."),
-    head_epochs: int = typer.Option(
-        _D.head_epochs, "--head-epochs", help="Epochs of the multi-label heads on frozen features."
-    ),
-    finetune_epochs: int = typer.Option(
-        _D.finetune_epochs,
-        "--finetune-epochs",
-        help="Epochs of end-to-end BCE fine-tuning after the head fit (0: frozen encoders).",
-    ),
-    finetune_lr: float = typer.Option(
-        _D.finetune_lr, "--finetune-lr", help="Peak fine-tuning learning rate."
-    ),
-    batch_size: int = typer.Option(
-        _D.batch_size, "--batch-size", help="Global batch size (split over torchrun ranks)."
-    ),
-    lr: float = typer.Option(_D.lr, "--lr", help="Peak AdamW learning rate (cosine, warm-up)."),
-    temperature: float = typer.Option(_D.temperature, "--temperature", help="Contrastive temperature."),
-    l_intra: float = typer.Option(
-        _D.l_intra, "--l-intra", help="Weight of intra-modality NT-Xent (S1 + S2)."
-    ),
-    l_inter: float = typer.Option(_D.l_inter, "--l-inter", help="Weight of inter-modality InfoNCE."),
-    l_sup: float = typer.Option(
-        _D.l_sup, "--l-sup", help="Weight of the multi-label supervised contrastive loss."
-    ),
-    classifier: str = typer.Option(_D.classifier, "--classifier", help="two-phase | joint."),
-    label_fraction: float = typer.Option(
-        _D.label_fraction, "--label-fraction", help="Fraction of train patches with labels."
-    ),
-    seed: int = typer.Option(_D.seed, "--seed"),
-    amp: str = typer.Option(_D.amp, "--amp", help="auto | bf16 | fp16 | off (CUDA only)."),
-    device: str = typer.Option(_D.device, "--device", help="auto | cpu | cuda | cuda:N."),
-    num_workers: int = typer.Option(
-        _D.num_workers, "--num-workers", help="DataLoader workers (streamed datasets)."
-    ),
-    n_train: int = typer.Option(_D.n_train, "--n-train", help="Synthetic train patches."),
-    n_val: int = typer.Option(_D.n_val, "--n-val", help="Synthetic validation patches."),
-    n_test: int = typer.Option(_D.n_test, "--n-test", help="Synthetic test patches."),
-    patch_size: int = typer.Option(
-        _D.patch_size, "--patch-size", help="Synthetic patch size (multiple of 6)."
-    ),
-    crop_size: int = typer.Option(_D.crop_size, "--crop-size", help="Training crop side (0: whole patch)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from <out>/last.pt."),
-) -> None:
-    """Train MoSAiC (contrastive pre-training, then multi-label heads); write model.pt, contract, metrics,
-    curves."""
+def config_parameters() -> list[inspect.Parameter]:
+    """One keyword parameter with a ``typer.Option`` default per :class:`TrainConfig` field."""
+    hints = typing.get_type_hints(TrainConfig)
+    params = []
+    for f in dataclasses.fields(TrainConfig):
+        meta = f.metadata
+        factory: Any = f.default_factory
+        default = f.default if f.default is not dataclasses.MISSING else factory()
+        if isinstance(default, tuple):
+            default = list(default)
+        flag = meta.get("flag", "--" + f.name.replace("_", "-"))
+        decls = [flag, meta["short"]] if "short" in meta else [flag]
+        if hints[f.name] is bool:
+            decls = [f"{flag}/--no-{flag[2:]}"]
+        help_text = meta["help"]
+        opt = typer.Option(default, *decls, help=help_text, show_default=True)
+        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=opt,
+                                        annotation=_cli_type(hints[f.name])))
+    return params
+
+
+def _with_config_options(fn: Callable[..., None]) -> Callable[..., None]:
+    """Give ``fn(resume, **config_fields)`` a signature typer can read: the config's fields plus ``--resume``."""
+    resume = inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY,
+                               default=typer.Option(False, "--resume", help="Continue from <out>/last.pt."),
+                               annotation=bool)
+    params = [*config_parameters(), resume]
+    fn.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    fn.__annotations__ = {p.name: p.annotation for p in params}
+    return fn
+
+
+def config_from_options(options: dict[str, Any]) -> TrainConfig:
+    """Build the config from parsed options; a bad value is a :class:`~mosaic_edge.errors.UserError`."""
     from mosaic_edge.errors import UserError
-    from mosaic_edge.train.loop import train
 
+    values = dict(options)
+    if values.get("out") is not None:
+        values["out"] = str(values["out"])
+    values["split_file"] = tuple(values.get("split_file") or ())
     try:
-        cfg = TrainConfig(
-            data=data,
-            out=str(out) if out else None,
-            arch=arch,
-            epochs=epochs,
-            head_epochs=head_epochs,
-            finetune_epochs=finetune_epochs,
-            finetune_lr=finetune_lr,
-            batch_size=batch_size,
-            lr=lr,
-            temperature=temperature,
-            l_intra=l_intra,
-            l_inter=l_inter,
-            l_sup=l_sup,
-            classifier=classifier,
-            label_fraction=label_fraction,
-            seed=seed,
-            amp=amp,
-            device=device,
-            num_workers=num_workers,
-            n_train=n_train,
-            n_val=n_val,
-            n_test=n_test,
-            patch_size=patch_size,
-            crop_size=crop_size,
-        )
-        from mosaic_edge.train.models import ARCHS
-
-        if arch not in ARCHS:
-            raise ValueError(f"unknown --arch {arch!r}; choose one of {list(ARCHS)}")
+        return TrainConfig(**values)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
+
+
+@_with_config_options
+def train_cmd(resume: bool = False, **options: Any) -> None:
+    """Train MoSAiC (contrastive pre-training, heads, fine-tune); write model.pt, contract, metrics, curves."""
+    from mosaic_edge.train.loop import train
+
+    cfg = config_from_options(options)
     result = train(cfg, resume=resume)
     if not result.metrics:  # non-zero torchrun rank
         return
     test = result.metrics["test"]
     typer.echo(
         f"test macro mAP {test['macro_map']:.4f}  micro mAP {test['micro_map']:.4f}  "
-        f"macro F1 {test['macro_f1']:.4f}  silhouette {test['silhouette']:.4f}"
+        f"macro F1 {test['macro_f1']:.4f}  silhouette (encoder features) {test['silhouette_features']:.4f}"
     )
     for name in ("model.pt", "contract.json", "metrics.jsonl", "curves.png"):
         typer.echo(f"wrote {result.out_dir / name}")

@@ -6,6 +6,9 @@ Readers (BigEarthNet v2, SEN12MS, the synthetic benchmark) implement :class:`Pat
 
     {"sar": float32 [2,H,W], "optical": float32 [12,H,W], "labels": float32 [C] multi-hot,
      "labelled": bool, "id": str}
+
+A patch outside the labelled fraction (low-label training) has ``labelled=False`` and all-zero ``labels``: its
+true labels never leave the dataset, so no consumer can use them by mistake.
 """
 
 from __future__ import annotations
@@ -77,7 +80,8 @@ class PatchDataset:
     Args:
         source: The reader.
         contract: Normalisation and band order (must list the source's classes in the same order).
-        label_fraction: Fraction of samples that keep their labels; the rest report ``labelled=False``.
+        label_fraction: Fraction of samples that keep their labels; the rest report ``labelled=False`` and
+            all-zero labels.
         seed: Seed of the labelled mask.
     """
 
@@ -95,12 +99,13 @@ class PatchDataset:
         raw = self.source.read(index)
         size = (self.contract.patch_size, self.contract.patch_size)
         pre = preprocess(raw.sar, raw.optical, self.contract, size=size)
-        labels = raw.labels if raw.labels is not None else np.zeros(self.contract.num_classes, np.float32)
+        labelled = bool(self.labelled[index] and raw.labels is not None)
+        labels = raw.labels if labelled and raw.labels is not None else np.zeros(self.contract.num_classes)
         return {
             "sar": pre.sar,
             "optical": pre.optical,
-            "labels": labels.astype(np.float32),
-            "labelled": bool(self.labelled[index] and raw.labels is not None),
+            "labels": np.asarray(labels, dtype=np.float32),
+            "labelled": labelled,
             "id": raw.id,
         }
 

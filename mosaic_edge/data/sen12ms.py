@@ -5,19 +5,24 @@ Layout::
     <root>/ROIs<id>_<season>/s1_<scene>/ROIs<id>_<season>_s1_<scene>_p<patch>.tif
         2 bands VV, VH; float32 dB
     <root>/ROIs<id>_<season>/s2_<scene>/ROIs<id>_<season>_s2_<scene>_p<patch>.tif
-        13 bands B01..B12 incl. B8A and B10; uint16; all at 10 m
+        13 bands B01..B12 incl. B8A and B10; uint16 Level-1C top-of-atmosphere reflectance x 1e4; all at 10 m
     <root>/ROIs<id>_<season>/lc_<scene>/ROIs<id>_<season>_lc_<scene>_p<patch>.tif
         4 bands IGBP, LCCS_LC, LCCS_LU, LCCS_SH class codes
 
-All rasters are 256 x 256. B10 (cirrus, absent from L2A) is dropped so the optical input has the 12
-:data:`~mosaic_edge.contract.S2_BANDS`. Labels: the IGBP band is mapped to the simplified scheme of Schmitt &
-Wu,
-"Remote sensing image classification with the SEN12MS dataset" (2021) — IGBP 1-5 Forest, 6-7 Shrubland, 8-9
-Savanna, 10 Grassland, 11 Wetlands, 12 and 14 Croplands, 13 Urban/Built-up, 15 Snow/Ice, 16 Barren, 17 Water —
-and a class is a label when it covers at least ``label_threshold`` of the patch. Splits come from an explicit
-``split_file`` (CSV ``key,split`` with key a patch id ``ROIs1158_spring_1_p30`` or a scene
-``ROIs1158_spring_1``)
-or else from a deterministic hash of the scene, so all patches of a scene share a split (no spatial leakage).
+All rasters are 256 x 256. B10 (cirrus) is dropped so the optical input has the 12
+:data:`~mosaic_edge.contract.S2_BANDS`; the S2 data stay Level-1C, which the contract records
+(``optical_product="L1C"``), so a SEN12MS model is never mixed with BigEarthNet's Level-2A data. Labels: the IGBP
+band is mapped to the simplified scheme of Schmitt & Wu, "Remote sensing image classification with the SEN12MS
+dataset" (2021) -- IGBP 1-5 Forest, 6-7 Shrubland, 8-9 Savanna, 10 Grassland, 11 Wetlands, 12 and 14 Croplands,
+13 Urban/Built-up, 15 Snow/Ice, 16 Barren, 17 Water -- and a class is a label when it covers at least
+``label_threshold`` of the patch.
+
+Splits: without split files, a deterministic hash of the scene (80 / 10 / 10 %), so all patches of a scene share a
+split (no spatial leakage). With split files (:func:`read_split_files`): the SEN12MS toolbox's lists
+(``splits/SEN12MS_holdOutScenes.txt``: the hold-out scenes, i.e. the official test set;
+``splits/ValidationScenes.txt``; ``test_list.txt`` / ``val_list.txt`` of patch files), each given as
+``SPLIT=PATH``, or CSV files ``key,split``. Normalisation statistics come from a seeded random sample of the train
+split spread over all its scenes and seasons (:func:`stats_sample`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -85,13 +92,85 @@ def scene_hash_split(scene: str, fractions: tuple[float, float, float] = (0.8, 0
     return "train" if u < fractions[0] else "validation" if u < fractions[0] + fractions[1] else "test"
 
 
-def _read_split_file(path: Path) -> dict[str, str]:
-    out = {}
-    with open(path, newline="") as f:
-        for row in csv.reader(f):
-            if len(row) >= 2 and row[0].strip() and row[0].strip().lower() not in ("key", "id"):
-                out[row[0].strip()] = normalise_split(row[1].strip())
-    return out
+# A key in a split list: a scene folder (``ROIs1158_spring/s1_63``), a patch file of any modality
+# (``ROIs1158_spring_s2_124_p100.tif``), a patch id (``ROIs1158_spring_124_p100``) or a scene key
+# (``ROIs1158_spring_124``).
+_SCENE_DIR = re.compile(r"(ROIs\d+_[a-z]+)/(?:s1|s2|lc)_(\d+)/?$")
+_PATCH_FILE = re.compile(r"^(ROIs\d+_[a-z]+)_(?:s1|s2|lc)_(\d+)_p(\d+)(?:\.tif)?$")
+_PATCH_ID = re.compile(r"^(ROIs\d+_[a-z]+)_(\d+)_p(\d+)$")
+_SCENE_KEY = re.compile(r"^(ROIs\d+_[a-z]+)_(\d+)$")
+# Share of the scenes not named by a split list that go to validation when no validation list is given.
+VAL_SCENE_FRACTION = 0.1
+
+
+def split_key(text: str, where: str = "") -> str:
+    """Normalise one split-list entry to a patch id (``ROIs1158_spring_124_p100``) or a scene key
+    (``ROIs1158_spring_124``); :class:`DataError` when it is neither."""
+    t = text.strip().replace("\\", "/")
+    m = _SCENE_DIR.search(t)
+    if m:
+        return f"{m.group(1)}_{m.group(2)}"
+    name = t.rsplit("/", 1)[-1]
+    m = _PATCH_FILE.match(name) or _PATCH_ID.match(name)
+    if m:
+        return f"{m.group(1)}_{m.group(2)}_p{m.group(3)}"
+    if _SCENE_KEY.match(name):
+        return name
+    raise DataError(f"{where}: {text.strip()!r} is not a SEN12MS scene, patch file or patch id")
+
+
+@dataclass(frozen=True)
+class SplitTable:
+    """Split assignment read from split files.
+
+    Attributes:
+        keys: Patch id or scene key -> split.
+        exhaustive: True when a CSV was given: patches it does not name are left out. Otherwise (lists only)
+            unnamed scenes are train, and also validation (:data:`VAL_SCENE_FRACTION` of them, by scene hash)
+            when no list names validation scenes.
+    """
+
+    keys: dict[str, str]
+    exhaustive: bool
+
+    def split_of(self, patch_id: str, scene_key: str) -> str | None:
+        found = self.keys.get(patch_id) or self.keys.get(scene_key)
+        if found or self.exhaustive:
+            return found
+        if "validation" in self.keys.values():
+            return "train"
+        frac = (1.0 - VAL_SCENE_FRACTION, VAL_SCENE_FRACTION, 0.0)
+        return scene_hash_split(scene_key, frac)
+
+
+def read_split_files(entries: str | Path | Sequence[str | Path]) -> SplitTable:
+    """Read split files: ``SPLIT=PATH`` (a list, one key per line, as in the SEN12MS toolbox) or ``PATH`` (a
+    CSV ``key,split``). Keys: see :func:`split_key`. Pickled lists (``*.pkl``) are refused (never unpickle
+    downloaded files): use the toolbox's ``.txt`` lists."""
+    items = [entries] if isinstance(entries, (str, Path)) else list(entries)
+    keys: dict[str, str] = {}
+    exhaustive = False
+    for item in items:
+        text = str(item)
+        head, sep, tail = text.partition("=")
+        as_list = bool(sep) and head.strip().lower() in ("train", "validation", "val", "test")
+        path = Path(tail if as_list else text)
+        if path.suffix.lower() == ".pkl":
+            raise UserError(f"{path}: pickled split lists are not read; use the toolbox's .txt lists")
+        if not path.is_file():
+            raise UserError(f"split file {path} does not exist")
+        if as_list:
+            split = normalise_split(head.strip().lower())
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                if line.strip() and not line.lstrip().startswith("#"):
+                    keys[split_key(line, f"{path}:{n}")] = split
+            continue
+        exhaustive = True
+        with open(path, newline="") as f:
+            for n, row in enumerate(csv.reader(f), 1):
+                if len(row) >= 2 and row[0].strip() and row[0].strip().lower() not in ("key", "id"):
+                    keys[split_key(row[0], f"{path}:{n}")] = normalise_split(row[1].strip())
+    return SplitTable(keys, exhaustive)
 
 
 class SEN12MS:
@@ -101,7 +180,7 @@ class SEN12MS:
         root: Folder holding the ``ROIs*_<season>`` folders.
         split: ``train``, ``validation`` (``val``) or ``test``.
         label_threshold: Area fraction from which a class is a label.
-        split_file: CSV ``key,split``; patches whose patch id or scene is not listed are skipped.
+        split_file: Split files (:func:`read_split_files`); None: the scene hash.
         patch_size: Expected raster size (256 in the archive).
     """
 
@@ -112,7 +191,7 @@ class SEN12MS:
         root: str | Path,
         split: str = "train",
         label_threshold: float = 0.1,
-        split_file: str | Path | None = None,
+        split_file: str | Path | Sequence[str | Path] | None = None,
         patch_size: int = PATCH_SIZE,
     ):
         if not 0.0 < label_threshold <= 1.0:
@@ -120,9 +199,9 @@ class SEN12MS:
         self.root = Path(root)
         self.split = normalise_split(split)
         self.label_threshold = label_threshold
-        self.split_file = Path(split_file) if split_file else None
+        self.split_file = split_file or None
         self.patch_size = patch_size
-        table = _read_split_file(self.split_file) if self.split_file else None
+        table = read_split_files(split_file) if split_file else None
         self._items: list[tuple[str, Path]] = []
         for s1 in sorted(self.root.glob("ROIs*/s1_*/*.tif")):
             m = _NAME.match(s1.name)
@@ -130,11 +209,7 @@ class SEN12MS:
                 continue
             roi, scene, patch = m.groups()
             patch_id, scene_key = f"{roi}_{scene}_p{patch}", f"{roi}_{scene}"
-            split_of = (
-                (table.get(patch_id) or table.get(scene_key))
-                if table is not None
-                else scene_hash_split(scene_key)
-            )
+            split_of = table.split_of(patch_id, scene_key) if table is not None else scene_hash_split(scene_key)
             if split_of == self.split:
                 self._items.append((patch_id, s1))
         if not self._items and not any(self.root.glob("ROIs*")):
@@ -199,14 +274,47 @@ class SEN12MS:
         )
 
 
-def sen12ms_contract(train: SEN12MS, max_patches: int = 256) -> Contract:
-    """SEN12MS contract: 10 simplified IGBP classes, 256 px, statistics of the first patches of ``train``."""
+def scene_of(patch_id: str) -> str:
+    """Scene key ``ROIs1158_spring_124`` of a patch id ``ROIs1158_spring_124_p100``."""
+    return patch_id.rsplit("_p", 1)[0]
+
+
+def stats_sample(ids: Sequence[str], size: int, seed: int = 0) -> np.ndarray:
+    """A seeded random sample of ``size`` positions of ``ids`` spread over every scene (and so every season).
+
+    Scenes are visited in a seeded random order, taking one random patch of each per round, until ``size``
+    patches are drawn: with at least as many draws as scenes every scene contributes, and no scene contributes
+    more than one patch above any other. Returns sorted positions.
+    """
+    rng = np.random.default_rng(seed)
+    by_scene: dict[str, list[int]] = {}
+    for i, pid in enumerate(ids):
+        by_scene.setdefault(scene_of(pid), []).append(i)
+    queues = [list(rng.permutation(v)) for _, v in sorted(by_scene.items())]
+    order = rng.permutation(len(queues))
+    picked: list[int] = []
+    while len(picked) < min(size, len(ids)):
+        for q in order:
+            if queues[q] and len(picked) < size:
+                picked.append(int(queues[q].pop()))
+    return np.sort(np.asarray(picked, dtype=np.int64))
+
+
+def sen12ms_contract(train: SEN12MS, max_patches: int = 256, seed: int = 0) -> Contract:
+    """SEN12MS contract: 10 simplified IGBP classes, 256 px, Level-1C, statistics of a seeded sample of ``train``.
+
+    The sample (:func:`stats_sample`) covers every scene and season of the train split, so the statistics do not
+    describe the first scene of the first season only.
+    """
     if train.split != "train":
         raise UserError("SEN12MS statistics must come from the train split")
-    n = min(max_patches, len(train))
-    if n == 0:
+    if len(train) == 0:
         raise UserError(f"{train.root}: the SEN12MS train split is empty")
-    stats = band_stats(train, range(n), train.patch_size)
+    ids = train.ids
+    sample = stats_sample(ids, max_patches, seed)
+    stats = band_stats(train, sample, train.patch_size)
+    scenes = {scene_of(ids[i]) for i in sample}
+    seasons = {ids[i].split("_")[1] for i in sample}
     return Contract(
         classes=SEN12MS_CLASSES,
         thresholds=(0.5,) * len(SEN12MS_CLASSES),
@@ -216,13 +324,7 @@ def sen12ms_contract(train: SEN12MS, max_patches: int = 256) -> Contract:
         optical_mean=stats.optical_mean,
         optical_std=stats.optical_std,
         dataset="sen12ms",
-        stats_source=f"SEN12MS train split of {train.root.name}, first {n} of {len(train)} patches "
-        "(B10 dropped)",
+        optical_product="L1C",
+        stats_source=f"SEN12MS train split of {train.root.name}: {len(sample)} of {len(train)} patches drawn "
+        f"from {len(scenes)} scenes in {len(seasons)} seasons (seed {seed}; B10 dropped; Level-1C)",
     )
-
-
-def write_sen12ms_fixture(root: str | Path, **kw: Any) -> Path:
-    """Write a small SEN12MS tree in the real format (see :mod:`mosaic_edge.data.sen12ms_fixture`)."""
-    from mosaic_edge.data.sen12ms_fixture import write_sen12ms_fixture as write
-
-    return write(root, **kw)

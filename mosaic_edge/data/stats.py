@@ -26,8 +26,9 @@ class BandStats:
 def band_stats(source: PatchSource, indices: Iterable[int], patch_size: int) -> BandStats:
     """Per-band mean and std over the given patches of ``source``.
 
-    Optical bands are first resampled to the ``patch_size`` grid (bilinear, as in preprocessing), matching how
-    the published BigEarthNet v2 statistics were computed. Non-finite values are ignored. Sums are float64.
+    Optical bands are first resampled to the ``patch_size`` grid exactly as the preprocessing does (bilinear,
+    half-pixel centres), so the statistics describe what the model is fed. Non-finite values are ignored. Sums are
+    float64.
     """
     acc = {name: np.zeros((3, len(bands))) for name, bands in (("sar", S1_BANDS), ("optical", S2_BANDS))}
     count = 0

@@ -8,6 +8,8 @@ Georeferencing is parsed from the GeoTIFF tags the BigEarthNet and SEN12MS archi
   match).
 - ``GeoKeyDirectoryTag`` (34735) gives the CRS: ``ProjectedCSTypeGeoKey`` (3072) or ``GeographicTypeGeoKey``
   (2048) as ``"EPSG:<code>"``.
+- ``GDAL_NODATA`` (42113, ASCII) gives the value marking missing pixels (:func:`parse_nodata`;
+  :func:`decode_tiff_meta` returns it).
 
 Files without these tags read with ``geo=None``. Every failure (missing, zero-byte, truncated, corrupt, too
 large) raises :class:`~mosaic_edge.errors.DataError` naming the file. Image dimensions are checked against
@@ -17,6 +19,7 @@ large) raises :class:`~mosaic_edge.errors.DataError` naming the file. Image dime
 from __future__ import annotations
 
 import io
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,7 +36,7 @@ from mosaic_edge.errors import DataError
 # this package processes in one piece while refusing decompression bombs.
 MAX_PIXELS = 100_000_000
 
-_PIXEL_SCALE, _TIEPOINT, _TRANSFORMATION, _GEOKEYS = 33550, 33922, 34264, 34735
+_PIXEL_SCALE, _TIEPOINT, _TRANSFORMATION, _GEOKEYS, GDAL_NODATA = 33550, 33922, 34264, 34735, 42113
 _KEY_MODEL_TYPE, _KEY_RASTER_TYPE, _KEY_GEOGRAPHIC, _KEY_PROJECTED = 1024, 1025, 2048, 3072
 _USER_DEFINED = 32767
 _PIXEL_IS_POINT = 2
@@ -67,6 +70,32 @@ class GeoInfo:
     def epsg(self) -> int | None:
         return int(self.crs.split(":")[1]) if self.crs and self.crs.upper().startswith("EPSG:") else None
 
+    def check(self, name: str) -> None:
+        """Refuse georeferencing the runtime cannot place correctly (one line naming ``name``).
+
+        A tile's grid must be north-up (no rotation or shear terms: windows are axis-aligned rectangles of the
+        map), with finite, non-zero pixel sizes, and name its CRS.
+
+        Raises:
+            DataError: a rotated/sheared, degenerate or non-finite transform, or no CRS.
+        """
+        a, b, c, d, e, f = self.transform
+        if not all(math.isfinite(v) for v in self.transform):
+            raise DataError(f"{name}: malformed georeferencing (non-finite transform {list(self.transform)})")
+        if b != 0.0 or d != 0.0:
+            raise DataError(f"{name}: rotated or sheared grid (transform terms b={b:g}, d={d:g}); warp it to a "
+                            "north-up grid first (gdalwarp)")
+        if a == 0.0 or e == 0.0:
+            raise DataError(f"{name}: malformed georeferencing (pixel size {a:g} x {e:g})")
+        if not self.crs:
+            raise DataError(f"{name}: georeferenced without a CRS (no EPSG code in the GeoTIFF keys / 'crs')")
+
+    def same_grid(self, other: GeoInfo) -> bool:
+        """Same CRS and the same transform to within a millionth of a pixel."""
+        tol = 1e-6 * max(1.0, abs(self.transform[0]))
+        return self.crs == other.crs and all(abs(x - y) <= tol for x, y in zip(self.transform, other.transform,
+                                                                                  strict=True))
+
 
 def _parse_geo(tags: Mapping[int, Any]) -> GeoInfo | None:
     """Georeferencing from a page's tag values (tag code -> value)."""
@@ -93,6 +122,24 @@ def _parse_geo(tags: Mapping[int, Any]) -> GeoInfo | None:
     code = keys.get(_KEY_PROJECTED) or keys.get(_KEY_GEOGRAPHIC)
     crs = f"EPSG:{code}" if code and code != _USER_DEFINED else None
     return GeoInfo(transform=tuple(transform), crs=crs)  # type: ignore[arg-type]
+
+
+def parse_nodata(tags: Mapping[int, Any], name: str) -> float | None:
+    """The ``GDAL_NODATA`` value of a page's tags (NaN for "nan"), None when there is none.
+
+    Raises:
+        DataError: the tag holds something that is not a number.
+    """
+    text = tags.get(GDAL_NODATA)
+    if text is None:
+        return None
+    if isinstance(text, bytes):
+        text = text.decode("latin-1")
+    text = str(text).strip().strip("\0").strip()
+    try:
+        return float(text)
+    except ValueError as exc:
+        raise DataError(f"{name}: malformed GDAL_NODATA tag {text!r} (not a number)") from exc
 
 
 def _check_extent(path: str, size: int, tif: tifffile.TiffFile) -> None:
@@ -132,13 +179,20 @@ def decode_tiff(data: Any, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.
 
     The common layouts are decoded by :mod:`mosaic_edge.data.tiff_fast`, everything else by tifffile.
     """
+    array, geo, _ = decode_tiff_meta(data, name, max_pixels)
+    return array, geo
+
+
+def decode_tiff_meta(data: Any, name: str, max_pixels: int = MAX_PIXELS
+                     ) -> tuple[np.ndarray, GeoInfo | None, float | None]:
+    """:func:`decode_tiff` plus the file's ``GDAL_NODATA`` value (None when it has none)."""
     if len(data) == 0:
         raise DataError(f"{name}: empty file (0 bytes)")
     try:
         fast = tiff_fast.decode(data, name, max_pixels)
         if fast is not None:
             array, tags = fast
-            return array, _parse_geo(tags)
+            return array, _parse_geo(tags), parse_nodata(tags, name)
     except DataError:
         raise
     except (struct.error, ValueError, IndexError, TypeError, OverflowError) as exc:
@@ -154,7 +208,8 @@ def decode_tiff(data: Any, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.
                 raise DataError(f"{name}: image of shape {shape} exceeds the {max_pixels}-pixel limit")
             _check_extent(name, len(data), tif)
             page = tif.pages[0]
-            geo = _parse_geo({tag.code: tag.value for tag in page.tags.values()})
+            tags = {tag.code: tag.value for tag in page.tags.values()}
+            geo, nodata = _parse_geo(tags), parse_nodata(tags, name)
             array = series.asarray()
     except DataError:
         raise
@@ -164,12 +219,12 @@ def decode_tiff(data: Any, name: str, max_pixels: int = MAX_PIXELS) -> tuple[np.
         array = np.moveaxis(array, -1, 0)
     elif array.ndim > 3:
         array = array.reshape(-1, h, w)
-    return np.ascontiguousarray(array), geo
+    return np.ascontiguousarray(array), geo, nodata
 
 
-def _geo_tags(geo: GeoInfo) -> list[tuple[int, str, int, tuple, bool]]:
+def _geo_tags(geo: GeoInfo) -> list[tuple[int, str, int, Any, bool]]:
     a, b, c, d, e, f = geo.transform
-    tags: list[tuple[int, str, int, tuple, bool]] = []
+    tags: list[tuple[int, str, int, Any, bool]] = []
     if b == 0.0 and d == 0.0 and a > 0 and e < 0:
         tags.append((_PIXEL_SCALE, "d", 3, (a, -e, 0.0), False))
         tags.append((_TIEPOINT, "d", 6, (0.0, 0.0, 0.0, c, f, 0.0), False))
@@ -190,7 +245,8 @@ def _geo_tags(geo: GeoInfo) -> list[tuple[int, str, int, tuple, bool]]:
 
 
 def write_tiff(
-    path: str | Path, array: np.ndarray, geo: GeoInfo | None = None, compress: bool = True
+    path: str | Path, array: np.ndarray, geo: GeoInfo | None = None, compress: bool = True,
+    nodata: float | None = None, tile: int | None = None,
 ) -> Path:
     """Write a 2-D ``[H, W]`` or band-sequential ``[C, H, W]`` array as a (Geo)TIFF.
 
@@ -199,19 +255,27 @@ def write_tiff(
         array: Pixel data; multi-band arrays are stored planar (one plane per band).
         geo: Georeferencing to store as GeoTIFF tags, or None.
         compress: Deflate-compress the pixel data (as the BigEarthNet archive does).
+        nodata: Value to record in the ``GDAL_NODATA`` tag.
+        tile: Write square tiles of this size (a multiple of 16) instead of strips, as a Cloud-Optimized GeoTIFF
+            stores its full-resolution image.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     array = np.asarray(array)
     if array.ndim not in (2, 3):
         raise ValueError(f"write_tiff: expected [H, W] or [C, H, W], got shape {array.shape}")
+    tags = _geo_tags(geo) if geo is not None else []
+    if nodata is not None:
+        text = "nan" if np.isnan(nodata) else f"{nodata:.17g}"
+        tags.append((GDAL_NODATA, "s", 0, text, False))
     tifffile.imwrite(
         path,
         array,
         photometric="minisblack",
         compression="zlib" if compress else None,
-        extratags=_geo_tags(geo) if geo is not None else None,
+        extratags=tags or None,
         metadata=None,
         planarconfig="separate" if array.ndim == 3 else None,
+        tile=(tile, tile) if tile else None,
     )
     return path

@@ -29,9 +29,10 @@ _STRIP_OFFSETS, _SAMPLES, _ROWS_PER_STRIP, _STRIP_COUNTS, _PLANAR = 273, 277, 27
 _PREDICTOR, _TILE_WIDTH, _SAMPLE_FORMAT, _PHOTOMETRIC = 317, 322, 339, 262
 _NONE, _DEFLATE, _DEFLATE_OLD = 1, 8, 32946
 # Tags read into values: the layout tags above and the GeoTIFF tags (mosaic_edge.data.tiff); others are skipped.
+_GDAL_NODATA = 42113  # ASCII, e.g. "0", "-9999", "nan" (GDAL's TIFFTAG_GDAL_NODATA)
 _WANTED = frozenset({_WIDTH, _LENGTH, _BITS, _COMPRESSION, _DESCRIPTION, _STRIP_OFFSETS, _SAMPLES, _ROWS_PER_STRIP,
                      _STRIP_COUNTS, _PLANAR, _PREDICTOR, _TILE_WIDTH, _SAMPLE_FORMAT, _PHOTOMETRIC, 33550, 33922,
-                     34264, 34735})
+                     34264, 34735, _GDAL_NODATA})
 _KIND = {1: "u", 2: "i", 3: "f"}
 
 

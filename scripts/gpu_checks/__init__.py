@@ -6,6 +6,7 @@ numbers show why). Each module has ``run() -> list[dict]`` and imports its heavy
 the CUDA bindings) inside it, so a machine without them gets ``skip`` rows, never an ImportError.
 
 - :mod:`.train`: MoSAiC training steps on CUDA with AMP (samples/s).
+- :mod:`.train_paths`: a few steps of every training path through ``mosaic-edge train`` on a packed store.
 - :mod:`.cuda_adapters`: both CUDA adapters of the runtime (contexts, memory, copies, events, graphs).
 - :mod:`.profile`: torch CUDA-graph replay of the exported model, the device-time reference of ``profile``.
 - :mod:`.tensorrt`: fp16 and INT8 engines built from an export, timed at batch 1 and 8 with CUDA events, INT8 <=

@@ -178,3 +178,15 @@ def test_cpu_artefact_runs_qlinearconv_with_float_outputs(
     ort.InferenceSession(str(res.path), opts, providers=["CPUExecutionProvider"])
     fused = {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
     assert "QLinearConv" in fused and "Conv" not in fused
+
+
+def test_cache_from_the_quantize_calibration(tiny_onnx: Path, calib_data: dict, tmp_path: Path) -> None:
+    from mosaic_edge.calibration.quantize import CalibConfig, calibrated_amax
+    from mosaic_edge.trt_calib_cache import read_calib_cache, write_calib_cache
+
+    amax = calibrated_amax(tiny_onnx, calib_data, CalibConfig("minmax"))
+    cache = read_calib_cache(write_calib_cache(tmp_path / "c.cache", amax))
+    assert cache.version_int == 100300  # default header: JetPack 6 / TensorRT 10.3
+    assert set(cache.scales) == set(amax) >= {"sar", "optical", "logits"}
+    ref = {k: abs(v) for k, v in amax.items()}
+    assert all(cache.amax[k] == pytest.approx(ref[k], rel=1e-6) for k in ref)

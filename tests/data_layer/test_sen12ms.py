@@ -5,19 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mosaic_edge.contract import S2_BANDS
+from mosaic_edge.contract import S2_BANDS, Contract
 from mosaic_edge.data.base import PatchDataset
 from mosaic_edge.data.sen12ms import (
     IGBP_TO_SIMPLE,
     SEN12MS,
     SEN12MS_CLASSES,
     igbp_labels,
+    read_split_files,
     scene_hash_split,
+    scene_of,
     sen12ms_contract,
-    write_sen12ms_fixture,
+    split_key,
+    stats_sample,
 )
 from mosaic_edge.data.tiff import read_tiff, write_tiff
-from mosaic_edge.errors import DataError, UserError
+from mosaic_edge.errors import ContractMismatchError, DataError, UserError
+from tests.support.sen12ms import write_sen12ms_fixture
 
 
 @pytest.fixture(scope="module")
@@ -81,12 +85,72 @@ def test_explicit_split_file(sen_root, tmp_path):
     assert test.ids == ["ROIs1158_spring_1_p0", "ROIs1158_spring_1_p1"]
 
 
+def test_split_keys_in_every_toolbox_form():
+    assert split_key("ROIs1158_spring/s1_63") == "ROIs1158_spring_63"  # SEN12MS_holdOutScenes.txt
+    assert split_key("ROIs2017_winter/s2_144\n") == "ROIs2017_winter_144"  # ValidationScenes.txt
+    assert split_key("ROIs1158_spring_s2_124_p100.tif") == "ROIs1158_spring_124_p100"  # test_list.txt
+    assert split_key("/data/ROIs1158_spring/lc_124/ROIs1158_spring_lc_124_p7.tif") == "ROIs1158_spring_124_p7"
+    assert split_key("ROIs1158_spring_124_p100") == "ROIs1158_spring_124_p100"
+    assert split_key("ROIs1158_spring_124") == "ROIs1158_spring_124"
+    with pytest.raises(DataError, match="not a SEN12MS scene"):
+        split_key("BigEarthNet_patch_1", "list.txt:3")
+
+
+def test_toolbox_lists_hold_out_scenes_as_test(sen_root, tmp_path):
+    holdout = tmp_path / "SEN12MS_holdOutScenes.txt"
+    holdout.write_text("ROIs1158_spring/s1_2\nROIs1868_summer/s1_3\n")
+    train, val, test = _all(sen_root, split_file=[f"test={holdout}"])
+    assert {scene_of(i) for i in test.ids} == {"ROIs1158_spring_2", "ROIs1868_summer_3"} and len(test) == 4
+    # the other scenes: train, and validation by scene hash when no validation list is given
+    rest = set(train.ids) | set(val.ids)
+    assert len(rest) == 8 and not rest & set(test.ids)
+    assert all(scene_hash_split(scene_of(i), (0.9, 0.1, 0.0)) == "validation" for i in val.ids)
+    vlist = tmp_path / "val_list.txt"
+    vlist.write_text("ROIs1158_spring_s2_1_p0.tif\n")
+    train, val, test = _all(sen_root, split_file=[f"test={holdout}", f"val={vlist}"])
+    assert val.ids == ["ROIs1158_spring_1_p0"] and len(train) == 7 and len(test) == 4
+    table = read_split_files([f"test={holdout}"])
+    assert not table.exhaustive and table.keys == {"ROIs1158_spring_2": "test", "ROIs1868_summer_3": "test"}
+
+
+def test_split_file_errors(sen_root, tmp_path):
+    with pytest.raises(UserError, match="pickled split lists"):
+        SEN12MS(sen_root, "train", split_file=[f"test={tmp_path / 'test_list.pkl'}"])
+    with pytest.raises(UserError, match="does not exist"):
+        SEN12MS(sen_root, "train", split_file=[f"test={tmp_path / 'missing.txt'}"])
+    bad = tmp_path / "bad.txt"
+    bad.write_text("ROIs1158_spring/s1_2\nnot a scene\n")
+    with pytest.raises(DataError, match="bad.txt:2"):
+        SEN12MS(sen_root, "train", split_file=[f"test={bad}"])
+
+
+def test_stats_sample_covers_every_scene_and_is_seeded():
+    ids = [f"ROIs{r}_{season}_{scene}_p{p}" for r, season in ((1158, "spring"), (1868, "summer"), (1970, "fall"),
+                                                               (2017, "winter"))
+           for scene in range(1, 6) for p in range(50)]
+    sample = stats_sample(ids, 40, seed=0)
+    assert len(sample) == 40 and len(set(sample.tolist())) == 40
+    scenes = [scene_of(ids[i]) for i in sample]
+    assert len(set(scenes)) == 20 and max(scenes.count(s) for s in set(scenes)) == 2  # 2 per scene, evenly
+    assert {ids[i].split("_")[1] for i in sample} == {"spring", "summer", "fall", "winter"}
+    assert np.array_equal(sample, stats_sample(ids, 40, seed=0))
+    assert not np.array_equal(sample, stats_sample(ids, 40, seed=1))
+    assert sorted(stats_sample(ids[:30], 100).tolist()) == list(range(30))
+    # the first sorted patches would all come from one scene of one season
+    assert {scene_of(i) for i in ids[:40]} == {"ROIs1158_spring_1"}
+
+
 def test_contract_from_train_split(sen_root):
     train = SEN12MS(sen_root, "train")
     contract = sen12ms_contract(train)
     assert (
         contract.classes == SEN12MS_CLASSES and contract.patch_size == 256 and contract.dataset == "sen12ms"
     )
+    assert contract.optical_product == "L1C"
+    assert "seed 0" in contract.stats_source and "Level-1C" in contract.stats_source
+    with pytest.raises(ContractMismatchError, match="optical_product"):
+        contract.check_compatible(contract.replace(optical_product="L2A"))
+    assert Contract().optical_product == "L2A"
     assert contract.sar_mean[0] > contract.sar_mean[1]
     sample = PatchDataset(train, contract)[0]
     assert sample["optical"].shape == (12, 256, 256) and sample["labels"].shape == (10,)

@@ -8,10 +8,11 @@ import pytest
 from mosaic_edge.cli import main
 from mosaic_edge.data.base import PatchDataset, labelled_mask
 from mosaic_edge.data.benv2 import BigEarthNetV2
-from mosaic_edge.data.sen12ms import SEN12MS, write_sen12ms_fixture
+from mosaic_edge.data.sen12ms import SEN12MS
 from mosaic_edge.data.sources import DataSpec, contract_for, open_source
 from mosaic_edge.data.synthetic import SyntheticConfig, SyntheticMosaic
 from mosaic_edge.errors import UserError
+from tests.support.sen12ms import write_sen12ms_fixture
 
 
 def test_dispatch(benv2_root, tmp_path):

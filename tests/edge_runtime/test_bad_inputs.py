@@ -60,6 +60,38 @@ def _geotiff(folder: Path, s1: np.ndarray | None = None, s2: np.ndarray | None =
     return folder
 
 
+def _georeferenced(folder: Path, g1: tuple | None, g2: tuple | None, crs1: str | None = "EPSG:32633",
+                   crs2: str | None = "EPSG:32633", extra: dict | None = None) -> Path:
+    """An S1/S2 pair with the given transforms and CRSs (None: no georeferencing); ``extra``: more files."""
+    from mosaic_edge.data.tiff import GeoInfo, write_tiff
+
+    sar, opt = raw_tile(32, 32, 0)
+    write_tiff(folder / "s1.tif", sar, None if g1 is None else GeoInfo(g1, crs1))
+    write_tiff(folder / "s2.tif", opt, None if g2 is None else GeoInfo(g2, crs2))
+    for name, (arr, geo, nodata) in (extra or {}).items():
+        write_tiff(folder / name, arr, geo, nodata=nodata)
+    return folder
+
+
+def _bad_nodata_tag(folder: Path) -> None:
+    from mosaic_edge.data.tiff import write_tiff
+
+    sar, opt = raw_tile(32, 32, 0)
+    write_tiff(folder / "s1.tif", sar)
+    tifffile.imwrite(folder / "s2.tif", opt, photometric="minisblack", planarconfig="separate",
+                     extratags=[(42113, "s", 0, "abc", False)])
+
+
+def _mask_off_grid(folder: Path) -> None:
+    from mosaic_edge.data.tiff import GeoInfo
+
+    coarse = GeoInfo((20.0, 0.0, 500000.0, 0.0, -20.0, 5800000.0), "EPSG:32633")
+    _georeferenced(folder, GRID, GRID, extra={"scl.tif": (np.full((32, 32), 4, np.uint8), coarse, None)})
+
+
+GRID = (10.0, 0.0, 500000.0, 0.0, -10.0, 5800000.0)
+
+
 def _write_outside_symlink(inc: Path, name: str) -> None:
     target = write_npz_tile(inc.parent.parent / "outside" / "secret.npz")
     os.symlink(target, inc / name)
@@ -116,6 +148,19 @@ BAD: dict[str, tuple[Callable[[Path, str], object], str, tuple[str, ...]]] = {
     "vanishes_mid_read": (lambda inc, n: _geotiff(inc / n), "vanish", ("no such file",)),
     "duplicate_id": (lambda inc, n: (write_npz_tile(inc / "dup.npz", seed=1), _geotiff(inc / n)), "dup",
                      ("duplicate tile id",)),
+    # Malformed or inconsistent georeferencing (issue 16).
+    "rotated_grid": (lambda inc, n: _georeferenced(inc / n, (10.0, 0.5, 500000.0, 0.5, -10.0, 5800000.0),
+                                                   (10.0, 0.5, 500000.0, 0.5, -10.0, 5800000.0)), "rotated",
+                     ("rotated or sheared",)),
+    "missing_crs": (lambda inc, n: _georeferenced(inc / n, GRID, GRID, None, None), "nocrs", ("without a crs",)),
+    "unknown_crs": (lambda inc, n: write_npz_tile(inc / n, transform=GRID, crs="EPSG:1"), "epsg1.npz",
+                    ("unknown crs",)),
+    "grids_disagree": (lambda inc, n: _georeferenced(inc / n, GRID, (10.0, 0.0, 500020.0, 0.0, -10.0, 5800000.0)),
+                       "gridshift", ("not aligned",)),
+    "one_georeferenced": (lambda inc, n: _georeferenced(inc / n, GRID, None), "halfgeo",
+                          ("only s1.tif is georeferenced",)),
+    "mask_off_grid": (lambda inc, n: _mask_off_grid(inc / n), "sclgrid", ("not on the s1/s2 grid",)),
+    "bad_nodata_tag": (lambda inc, n: _bad_nodata_tag(inc / n), "badnodata", ("malformed gdal_nodata",)),
 }
 
 

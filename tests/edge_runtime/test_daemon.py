@@ -121,7 +121,8 @@ def test_predict_cli_matches_daemon(tmp_path, tiny_onnx):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     serve_once(tiny_onnx, tmp_path / "spool")
-    daemon_recs = [r for recs in read_results(tmp_path / "spool").values() for r in recs]
+    daemon_recs = [json.loads(line) for p in sorted((tmp_path / "spool" / "results").glob("*.jsonl"))
+                   for line in p.read_text().splitlines()]  # tile summary + windows, per tile
     pred_recs = [json.loads(line) for line in out.read_text().splitlines()]
     strip = [lambda r: {k: v for k, v in r.items() if k != "timings_ms"}]
     assert [strip[0](r) for r in pred_recs] == [strip[0](r) for r in daemon_recs]

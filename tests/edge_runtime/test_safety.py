@@ -14,7 +14,7 @@ import pytest
 from mosaic_edge.edge_runtime import pipeline
 from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
 from mosaic_edge.edge_runtime.drift import check_windows
-from mosaic_edge.edge_runtime.postprocess import SafetyFields, encode_tile, tile_records, to_jsonl
+from mosaic_edge.edge_runtime.postprocess import SafetyFields, encode_tile, tile_records, tile_summary, to_jsonl
 from mosaic_edge.edge_runtime.runner import OnnxRuntimeRunner, open_runner
 from mosaic_edge.edge_runtime.safety import Reruns, SafetyNet, open_safety_net
 from mosaic_edge.envelope import DriftCheck, sample
@@ -171,7 +171,9 @@ def test_encoded_records_equal_the_dict_records(contract):
     extra = {"model_hash": "h", "runner": "ort", "precision": "int8", "input_sha256": "s", "timings_ms": {}}
     args = ("t", wins, ["fused"] * n, scores, contract, None, [0.0] * n, extra)
     records = tile_records(*args, safety=safety)
-    assert encode_tile(*args, safety=safety)[0] == to_jsonl(records)
+    summary = tile_summary(*args[:6], extra, safety=safety)
+    assert encode_tile(*args, safety=safety)[0] == to_jsonl([summary, *records])
+    assert summary["windows_drifted"] == 2 and summary["windows_rerun"] == 2
     assert [r["answered_by"] for r in records] == ["int8", "fp32", "fp32", "int8"]
     assert [r["rerun"] for r in records] == [None, "borderline+drifted", "borderline", "drifted"]
     assert records[0]["drift"] == {"drifted": False, "beyond": 0.0, "distance": 1.23, "band": None}
@@ -283,9 +285,8 @@ def test_reruns_run_in_batches_of_up_to_the_batch_size(safety_export, tmp_path):
                 reruns = Reruns(net, batch)
                 jobs = [pipeline.load(p, p.stem, r.contract, net=net) for p in paths]
                 for job in jobs:
-                    pipeline.infer_job(r, job, 4)
-                    for a in range(0, job.n, 4):
-                        reruns.flag(job, job, a, min(a + 4, job.n))
+                    pipeline.infer_job(r, job, 4, reruns)  # flags as it goes; nothing re-run yet
+                assert reruns.counts["fallback_batches"] == 0 and reruns.n_pending > batch
                 for _ in reruns.run(everything=True):
                     pass
                 results[batch] = [pipeline.job_records(j, r) for j in jobs]
@@ -304,7 +305,8 @@ def test_reruns_wait_for_a_fuller_batch_only_until_the_deadline(safety_export):
     job = pipeline.Job("t", "t.npz", [None] * 3, ["fused"] * 3, np.zeros(3), "x")  # type: ignore[list-item]
     job.logits = {"logits": np.zeros((3, 19), np.float32), "logits_sar": np.zeros((3, 19), np.float32)}
     job.n_done = 3
-    assert reruns.flag(job, job, 0, 3) == 3 and not reruns.due()
+    inputs = {"sar": np.zeros((3, 2, 16, 16), np.float32), "optical": np.zeros((3, 12, 16, 16), np.float32)}
+    assert reruns.flag(job, job, np.arange(3), inputs) == 3 and not reruns.due()
     assert reruns.deadline() is not None and not job.complete
     reruns._first -= 0.06  # the oldest window has waited past max_wait
     assert reruns.due()
@@ -388,7 +390,11 @@ def test_predict_cli_uses_the_fallback_and_says_so(safety_export, tmp_path, caps
             main(["predict", *map(str, tiles), "--model", str(safety_export), "--runner", "ort", "--precision",
                   "int8", "--threads", "1", "--out", str(out), flag])
         assert exc.value.code == 0
-        outs[flag] = [json.loads(line) for line in out.read_text().splitlines()]
+        lines = [json.loads(line) for line in out.read_text().splitlines()]
+        outs[flag] = [r for r in lines if r.get("type") != "tile"]  # the tile summaries left out
+        summaries = [r for r in lines if r.get("type") == "tile"]
+        assert len(summaries) == 4 and sum(r["windows_rerun"] for r in summaries) == sum(
+            r["answered_by"] == "fp32" for r in outs[flag])
         err = capsys.readouterr().err
         drifted = sum(r["drift"]["drifted"] for r in outs[flag])
         assert f"13 windows, {drifted} drifted" in err and drifted >= 1
@@ -417,3 +423,28 @@ def test_daemon_threads_use_both_runners_from_one_thread(safety_export, tmp_path
     daemon = Daemon(runner, spool, ServeConfig(settle_s=0, poll_s=0.05, max_wait_ms=5, once=True), safety=net)
     assert daemon.run() == 0 and daemon.metrics.counters["windows_rerun"] > 0
     assert threads == {threading.current_thread().name}
+
+
+def test_a_scene_streamed_in_pieces_gets_the_answers_of_the_tile_read_whole(safety_export, tmp_path, contract):
+    """Drift checked piece by piece, re-runs of windows whose piece's memory is already gone: the daemon's records
+    of a streamed scene equal predict's of the same scene read whole."""
+    from tests.edge_runtime.test_tiles_scene import SMALL, _scene
+
+    runner = open_runner(safety_export, kind="ort", device="cpu", precision="int8", threads=1)
+    _scene(tmp_path / "spool" / "incoming" / "scene")
+    daemon = Daemon(runner, tmp_path / "spool", ServeConfig(settle_s=0, poll_s=0.05, max_wait_ms=5, once=True,
+                                                            limits=SMALL, batch=8),
+                    safety=open_safety_net(safety_export, runner, threads=1))
+    assert daemon.run() == 0
+    streamed = read_results(tmp_path / "spool")["scene"]
+    with open_runner(safety_export, kind="ort", device="cpu", precision="int8", threads=1) as r:
+        net = open_safety_net(safety_export, r, threads=1)
+        with net:
+            (_path, whole, error), = pipeline.predict_paths(r, [tmp_path / "spool" / "done" / "scene"], 8, net=net)
+    assert error is None
+    whole = [rec for rec in whole if rec.get("type") != "tile"]
+    strip = [{k: v for k, v in rec.items() if k != "timings_ms"} for rec in streamed]
+    assert strip == [{k: v for k, v in rec.items() if k != "timings_ms"} for rec in whole]
+    assert len(streamed) > 100 and all(rec["drift"] is not None for rec in streamed)
+    assert {rec["answered_by"] for rec in streamed} == {"int8", "fp32"}
+    assert daemon.metrics.counters["windows_rerun"] == sum(rec["answered_by"] == "fp32" for rec in streamed)

@@ -153,9 +153,10 @@ def test_postprocess_thresholds_and_geojson(contract):
         assert [lab["score"] for lab in rec["labels"]] == sorted((lab["score"] for lab in rec["labels"]),
                                                                  reverse=True)
     assert recs[1]["bounds"] == [160.0, -60.0, 320.0, 100.0] and recs[1]["head"] == "sar"
+    assert recs[1]["crs"] == "EPSG:32633"  # JSON Lines keep the native grid
     fc = json.loads(postprocess.to_geojson(recs))
-    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 2
-    assert fc["crs"]["properties"]["name"] == "EPSG:32633"
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 2 and "crs" not in fc  # RFC 7946
+    assert [f["properties"]["bounds"] for f in fc["features"]] == [r["bounds"] for r in recs]
     assert postprocess.to_geojson([{**recs[0], "bounds": None}]) is None
 
 
@@ -282,9 +283,10 @@ def test_encoded_tile_is_byte_for_byte_json_dumps_of_the_records(contract, geo):
     extra = {"model_hash": "h" * 64, "runner": "ort", "precision": "int8", "input_sha256": "s" * 64,
              "timings_ms": {"read": 0.123, "verify": 0.2, "queue": 1.0}}
     records = postprocess.tile_records("T-1", wins, heads, scores, c, g, inv, extra)
+    summary = postprocess.tile_summary("T-1", wins, heads, scores, c, g, extra)
     jsonl, geojson = postprocess.encode_tile("T-1", wins, heads, scores, c, g, inv, extra)
-    assert jsonl == postprocess.to_jsonl(records)
-    assert geojson == postprocess.to_geojson(records)
+    assert jsonl == postprocess.to_jsonl([summary, *records])
+    assert geojson == postprocess.to_geojson(records, summary)
     assert (geojson is None) == (geo is None)
     with pytest.raises(ValueError, match="not JSON compliant"):
         postprocess.encode_tile("T-1", wins, heads, scores * np.nan, c, g, inv, extra)
@@ -317,3 +319,21 @@ def test_windows_cut_once_per_tile_or_batch_by_batch_give_the_same_batches(tmp_p
             for k in got:
                 np.testing.assert_array_equal(got[k], want[k])
                 assert len(got[k]) == b - a + 2
+
+
+def test_a_tile_of_another_product_level_is_refused(tmp_path, contract, benv2_root):
+    """SEN12MS-style L1C optical served to an L2A (BigEarthNet) model, or the reverse, is refused, not mixed."""
+    l1c = read_tile(write_npz_tile(tmp_path / "l1c.npz", optical_product="L1C"))
+    assert l1c.optical_product == "L1C"
+    with pytest.raises(DataError, match="l1c: optical data is Sentinel-2 L1C, the model takes L2A"):
+        prepare_tile(l1c, contract)
+    prepare_tile(l1c, contract.replace(optical_product="L1C"))  # an L1C model takes it
+    sar_only = read_tile(write_npz_tile(tmp_path / "s1.npz", optical=False, optical_product="L1C"))
+    prepare_tile(sar_only, contract)  # no optical data, nothing to mix
+    undeclared = read_tile(write_npz_tile(tmp_path / "plain.npz"))
+    assert undeclared.optical_product is None
+    prepare_tile(undeclared, contract)
+    folder = read_tile(copy_benv2_tile(benv2_root, 0, tmp_path / "ben"))  # S2A_MSIL2A_... patch names
+    assert folder.optical_product == "L2A"
+    with pytest.raises(ValueError, match="optical_product"):
+        write_npz_tile(tmp_path / "bad.npz", optical_product="L3")

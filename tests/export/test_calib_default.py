@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import inspect
 
-from mosaic_edge.calibration import parse_calib_cache, write_calib_cache
 from mosaic_edge.commands.export import export
 from mosaic_edge.export.pipeline import ExportConfig
+from mosaic_edge.trt_calib_cache import parse_calib_cache, write_calib_cache
 
 
 def test_minmax_is_the_default_everywhere(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from mosaic_edge.calibration import load_calibration_set, read_calib_cache, save_calibration_set  # noqa: E402
+from mosaic_edge.calibration import load_calibration_set, save_calibration_set  # noqa: E402
 from mosaic_edge.calibration.quantize import qdq_params  # noqa: E402
 from mosaic_edge.cli import main  # noqa: E402
 from mosaic_edge.contract import Contract  # noqa: E402
@@ -21,6 +21,7 @@ from mosaic_edge.export.parity import INT8_TOLERANCE, Samples, check_parity, run
 from mosaic_edge.export.pipeline import ExportConfig, run_export  # noqa: E402
 from mosaic_edge.manifest import Manifest  # noqa: E402
 from mosaic_edge.train.checkpoint import load_checkpoint  # noqa: E402
+from mosaic_edge.trt_calib_cache import read_calib_cache  # noqa: E402
 
 ALL = ("model.onnx", "model.fp16.onnx", "model.int8.onnx", "model.int8-cpu.onnx", "calib.npz", "calib.cache",
        "manifest.json", "report.json", "report.md", "fallback.png")

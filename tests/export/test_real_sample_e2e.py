@@ -1,6 +1,6 @@
 """A new user's path on the real sample, default flags only: train on BigEarthNet -> export --int8 --fp16 ->
-serve --once on the sample's 24 tiles -> a result for every tile (issue: a model trained on real data exports
-with default flags)."""
+serve --once on the sample's 24 tiles -> a result for every tile -> profile the export on those tiles (the one
+CPU end-to-end test of every stage)."""
 
 from __future__ import annotations
 
@@ -48,3 +48,16 @@ def test_train_on_real_sample_then_export_and_serve_with_default_flags(tmp_path:
     results = read_results(spool)
     assert len(results) == 24 and all(records for records in results.values())
     assert not list((spool / "failed").glob("*")) and not list((spool / "incoming").glob("*"))
+    served = {r["precision"] for records in results.values() for r in records}
+    assert served == {"fp32"}  # ONNX Runtime's default precision
+
+    prof = tmp_path / "profile"
+    _cli("profile", str(run / "export"), "--runner", "ort", "--precision", "fp32,int8", "--batch", "2",
+         "--iterations", "2", "--warmup", "1", "--rounds", "1", "--tiles", str(spool / "done"), "--out", str(prof))
+    doc = json.loads((prof / "profile.json").read_text())
+    rows = {(c["precision"], c["batch"]): c for c in doc["configurations"]}
+    assert set(rows) == {("fp32", 2), ("int8", 2)}
+    assert rows[("int8", 2)]["artefact"] == "model.int8-cpu.onnx"  # ONNX Runtime on CPU: the CPU INT8 artefact
+    for row in rows.values():
+        assert row["throughput_tiles_s"] > 0 and row["end_to_end"]["p50_ms"] > 0
+    assert (prof / "profile.png").is_file()

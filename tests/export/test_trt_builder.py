@@ -19,7 +19,6 @@ import pytest
 from onnx import TensorProto
 from packaging.version import Version
 
-from mosaic_edge.calibration.trt_cache import write_calib_cache
 from mosaic_edge.errors import OptionalDependencyError, UserError
 from mosaic_edge.export import trt as trt_mod
 from mosaic_edge.export import trt_caches
@@ -33,6 +32,7 @@ from mosaic_edge.export.trt import (
     resolve_artefact,
 )
 from mosaic_edge.manifest import Manifest
+from mosaic_edge.trt_calib_cache import write_calib_cache
 from tests.support import fake_trt
 from tests.support.runtime import tiny_contract, write_tiny_onnx
 

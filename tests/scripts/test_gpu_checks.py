@@ -86,10 +86,11 @@ def test_adapter_check_on_the_stand_ins(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.fixture(scope="module")
 def check_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """fp32, fp16, the TensorRT INT8 artefact and calib.npz, as `export --fp16 --int8` writes them."""
-    from mosaic_edge.calibration import save_calibration_set, write_calib_cache
+    from mosaic_edge.calibration import save_calibration_set
     from mosaic_edge.calibration.quantize import quantize_qdq
     from mosaic_edge.export.fp16 import convert_fp16
     from mosaic_edge.manifest import Manifest
+    from mosaic_edge.trt_calib_cache import write_calib_cache
 
     contract = tiny_contract()
     out = write_tiny_export(tmp_path_factory.mktemp("x") / "export", contract)

@@ -130,9 +130,20 @@ def copy_benv2_tile(root: Path, index: int, dest: Path) -> Path:
 
 
 def read_results(spool: Path) -> dict[str, list[dict]]:
-    """results/<tile>.jsonl -> parsed records."""
-    return {p.stem: [json.loads(line) for line in p.read_text().splitlines()]
-            for p in sorted((spool / "results").glob("*.jsonl"))}
+    """results/<tile>.jsonl -> its parsed window records (the tile summary of the first line checked and left
+    out: :func:`read_summaries`)."""
+    out = {}
+    for p in sorted((spool / "results").glob("*.jsonl")):
+        summary, *records = [json.loads(line) for line in p.read_text().splitlines()]
+        assert summary["type"] == "tile" and summary["tile"] == p.stem and summary["windows"] == len(records)
+        assert all("type" not in r and r["input_sha256"] == summary["input_sha256"] for r in records)
+        out[p.stem] = records
+    return out
+
+
+def read_summaries(spool: Path) -> dict[str, dict]:
+    """results/<tile>.jsonl -> its tile summary (the first line)."""
+    return {p.stem: json.loads(p.read_text().split("\n", 1)[0]) for p in sorted((spool / "results").glob("*.jsonl"))}
 
 
 def serve_once(model: Path, spool: Path, **config) -> object:

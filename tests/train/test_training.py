@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -48,9 +49,37 @@ def test_config_validates_and_names_runs() -> None:
         TrainConfig(label_fraction=0.0)
     with pytest.raises(ValueError):
         TrainConfig(classifier="both")
+    with pytest.raises(ValueError, match="unknown arch 'resnet7'.*resnet18"):
+        TrainConfig(arch="resnet7")  # checked against the encoder registry
+    with pytest.raises(ValueError):
+        TrainConfig(min_labelled=-1)
+    with pytest.raises(ValueError):
+        TrainConfig(channels_last="yes")
     a, b = TrainConfig(), TrainConfig(label_fraction=0.1)
     assert a.name != b.name and str(a.out_dir).startswith("runs")
     assert TrainConfig.from_json(b.to_json()) == b
+
+
+def test_train_options_are_the_config_fields() -> None:
+    import typer.main
+
+    from mosaic_edge.commands.train import train_cmd
+
+    app = typer.Typer(add_completion=False)
+    app.command()(train_cmd)
+    cmd = typer.main.get_command(app)
+    opts = {p.name: p for p in cmd.params if p.param_type_name == "option"}
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    assert set(opts) == set(fields) | {"resume"}
+    defaults = TrainConfig()
+    for name, f in fields.items():
+        want = getattr(defaults, name)
+        assert opts[name].default == (list(want) if isinstance(want, tuple) else want), name
+        assert opts[name].help == f.metadata["help"], name
+    assert opts["compile"].opts == ["--compile"] and opts["compile"].secondary_opts == ["--no-compile"]
+    assert opts["split_file"].multiple and "-o" in opts["out"].opts
+    res = CliRunner().invoke(app, ["--arch", "resnet7", "--out", "/nonexistent"])
+    assert res.exit_code != 0 and "unknown arch" in str(res.exception)
 
 
 def test_train_then_evaluate_cli(tmp_path: Path) -> None:
@@ -186,6 +215,8 @@ def test_ddp_two_gloo_processes(tmp_path: Path) -> None:
     assert "RANK 0 OK" in proc.stdout and "RANK 1 OK" in proc.stdout
     rec = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[0])
     assert rec["world_size"] == 2 and rec["phase"] == "pretrain"
+    # torch's SyncBatchNorm takes CUDA tensors only: on gloo/CPU BatchNorm stays per process, and says so
+    assert rec["sync_bn"] is False and "SyncBatchNorm needs CUDA" in proc.stderr
     assert (tmp_path / "ddp" / "model.pt").is_file()
 
 
@@ -194,3 +225,112 @@ def test_resume_refuses_a_different_config(tmp_path: Path) -> None:
     train(cfg, stop_after=1)
     with pytest.raises(UserError, match="different training config"):
         train(cfg.replace(lr=0.1), resume=True, stop_after=2)
+
+
+def test_sync_batchnorm_conversion_round_trips() -> None:
+    from mosaic_edge.train.distributed import DistInfo, revert_sync_batchnorm, use_sync_batchnorm
+    from mosaic_edge.train.models import build_model
+
+    model = build_model("tiny", 19, 16)
+    x = (torch.randn(4, 2, 16, 16), torch.randn(4, 12, 16, 16))
+    model.train()
+    model(*x)  # move the running statistics away from their initial values
+    model.eval()
+    ref = model(*x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    # one process, or CPU: nothing to synchronise
+    assert not use_sync_batchnorm(model, DistInfo(), torch.device("cuda"), True)
+    assert not use_sync_batchnorm(model, DistInfo(0, 2, 0), torch.device("cpu"), True)
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    assert sum(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules()) == 4
+    assert set(model.state_dict()) == set(state)  # same keys: checkpoints do not see the conversion
+    revert_sync_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
+    assert sum(type(m) is torch.nn.BatchNorm2d for m in model.modules()) == 4
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+    out = model(*x)
+    assert all(torch.equal(out[k], ref[k]) for k in ref)
+
+
+def test_channels_last_and_compile_plumbing_on_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mosaic_edge.train import loop
+
+    compiled: list[object] = []
+
+    def fake_compile(model: torch.nn.Module, **kw: object) -> torch.nn.Module:
+        compiled.append(model)
+        return model
+
+    formats: list[bool] = []
+    real_forward = loop.MosaicModel.forward
+
+    def spy_forward(self: torch.nn.Module, sar: torch.Tensor, optical: torch.Tensor) -> dict[str, torch.Tensor]:
+        formats.append(sar.is_contiguous(memory_format=torch.channels_last) and self.enc_sar.body[0][0].weight
+                       .is_contiguous(memory_format=torch.channels_last))
+        return real_forward(self, sar, optical)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(loop.MosaicModel, "forward", spy_forward)
+    torch.set_num_threads(1)
+    cfg = TrainConfig(**{**TINY, "finetune_epochs": 0}, epochs=1, channels_last="on", compile=True)
+    on = train(cfg.replace(out=str(tmp_path / "on")))
+    assert len(compiled) == 1 and isinstance(compiled[0], loop.MosaicModel)
+    assert formats and all(formats)  # phase-1 batches and weights in channels_last
+    rec = json.loads((tmp_path / "on" / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["channels_last"] is True
+    saved = torch.load(tmp_path / "on" / "model.pt", weights_only=True)["state_dict"]
+    assert all(v.is_contiguous() for v in saved.values())  # layout-neutral checkpoint
+    formats.clear()
+    off = train(cfg.replace(out=str(tmp_path / "off"), channels_last="auto", compile=False))  # auto: off on CPU
+    assert not any(formats) and len(compiled) == 1
+    assert on.metrics["test"]["macro_map"] == pytest.approx(off.metrics["test"]["macro_map"], abs=0.05)
+
+
+def test_supervised_baseline_sees_one_geometric_view(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mosaic_edge.train import loop
+    from mosaic_edge.train.augment import GEOMETRIC_AUGMENT
+
+    seen: list[object] = []
+    real = loop.augment_pair
+
+    def spy(sar: torch.Tensor, optical: torch.Tensor, contract: Contract, cfg: object, *a: object) -> object:
+        seen.append(cfg)
+        return real(sar, optical, contract, cfg, *a)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "augment_pair", spy)
+    cfg = TrainConfig(**{**TINY, "finetune_epochs": 0}, epochs=1, l_intra=0.0, l_inter=0.0, l_sup=0.0,
+                      classifier="joint", out=str(tmp_path / "sup"))
+    train(cfg)
+    steps = cfg.n_train // cfg.batch_size
+    assert len(seen) == steps and all(c is GEOMETRIC_AUGMENT for c in seen)
+
+
+def test_sen12ms_split_file_and_threshold_are_recorded_for_evaluate(tmp_path: Path) -> None:
+    from tests.support.sen12ms import write_sen12ms_fixture
+
+    root = write_sen12ms_fixture(tmp_path / "sen", scenes=3, patches=2)
+    csv = tmp_path / "splits.csv"
+    csv.write_text("key,split\n" + "".join(
+        f"ROIs{r}_{s}_{k},{split}\n" for r, s in (("1158", "spring"), ("1868", "summer"))
+        for k, split in ((1, "train"), (2, "validation"), (3, "test"))))
+    cfg = TrainConfig(**{**TINY, "patch_size": 48, "crop_size": 32, "batch_size": 4, "finetune_epochs": 0},
+                      data=str(root), epochs=1, label_threshold=0.2, split_file=(str(csv),), out=str(tmp_path / "r"))
+    with pytest.raises(ValueError):
+        TrainConfig(label_threshold=1.5)
+    res = train(cfg)
+    spec = DataSpec.from_dict(torch.load(res.checkpoint, weights_only=True)["extra"]["data_spec"])
+    assert spec.options == {"label_threshold": 0.2, "split_file": [str(csv.resolve())]}
+    from mosaic_edge.train.evaluate import evaluate_checkpoint
+
+    again = evaluate_checkpoint(res.checkpoint)
+    assert again["n"] == 4 and again["macro_map"] == pytest.approx(res.metrics["test"]["macro_map"])
+    with pytest.raises(UserError, match="apply to SEN12MS data, not to the synthetic"):
+        train(TrainConfig(**TINY, split_file=(str(csv),), out=str(tmp_path / "x")))
+
+
+def test_a_relative_data_root_is_recorded_absolute(benv2_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mosaic_edge.train.data import data_spec
+
+    monkeypatch.chdir(benv2_root.parent)
+    spec = data_spec(TrainConfig(data=benv2_root.name))
+    assert spec.data == str(benv2_root.resolve()) and Path(spec.data).is_absolute()

@@ -1,4 +1,4 @@
-"""Small SEN12MS trees in the real file format, for tests and demos (no download).
+"""Small SEN12MS trees in the real file format, for tests (no download).
 
 Each patch is a few rectangular IGBP land-cover blocks; S1 and S2 follow the land cover loosely (water dark,
 vegetation bright in NIR) so the files look like the archive's: float32 dB S1 (2 bands), uint16 S2 (13 bands),

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from mosaic_edge.calibration.trt_cache import (
+from mosaic_edge.errors import DataError, UserError
+from mosaic_edge.trt_calib_cache import (
     format_calib_cache,
     hex_to_scale,
     parse_calib_cache,
@@ -16,7 +17,6 @@ from mosaic_edge.calibration.trt_cache import (
     trt_version_int,
     write_calib_cache,
 )
-from mosaic_edge.errors import DataError, UserError
 
 
 @pytest.mark.parametrize(
@@ -64,14 +64,3 @@ def test_refuses_bad_values() -> None:
         format_calib_cache({"a": float("nan")})
     with pytest.raises(UserError):
         format_calib_cache({"bad: name": 1.0})
-
-
-def test_cache_from_the_quantize_calibration(tiny_onnx: Path, calib_data: dict, tmp_path: Path) -> None:
-    from mosaic_edge.calibration.quantize import CalibConfig, calibrated_amax
-
-    amax = calibrated_amax(tiny_onnx, calib_data, CalibConfig("minmax"))
-    cache = read_calib_cache(write_calib_cache(tmp_path / "c.cache", amax))
-    assert cache.version_int == 100300  # default header: JetPack 6 / TensorRT 10.3
-    assert set(cache.scales) == set(amax) >= {"sar", "optical", "logits"}
-    ref = {k: abs(v) for k, v in amax.items()}
-    assert all(cache.amax[k] == pytest.approx(ref[k], rel=1e-6) for k in ref)
