@@ -40,10 +40,11 @@ def write_tiles(incoming: Path, n: int, patch: int, seed: int = 0) -> None:
                    rng.uniform(100, 4000, (12, patch, patch)).astype(np.uint16))
 
 
-def serve_cmd(model: Path, spool: Path) -> list[str]:
+def serve_cmd(model: Path, spool: Path, precision: str | None = None) -> list[str]:
     return [sys.executable, "-m", "mosaic_edge", "serve", "--model", str(model), "--spool", str(spool),
             "--runner", "ort", "--once", "--settle-s", "0", "--poll-s", "0.05", "--threads", "1",
-            "--batch", "8", "--max-wait-ms", "5", "--log-level", "warning"]
+            "--batch", "8", "--max-wait-ms", "5", "--log-level", "warning",
+            *(["--precision", precision] if precision else [])]
 
 
 def _count(folder: Path) -> int:
@@ -51,13 +52,14 @@ def _count(folder: Path) -> int:
 
 
 def kill_rounds(model: Path, spool: Path, kills: int, rng: random.Random, max_step: int,
-                round_timeout: float = 60.0, max_delay_s: float = 0.005) -> list[dict]:
+                round_timeout: float = 60.0, max_delay_s: float = 0.005, precision: str | None = None) -> list[dict]:
     """Start and SIGKILL the daemon ``kills`` times; return one dict per round."""
     rounds = []
     for k in range(kills):
         done0 = _count(spool / "done") if (spool / "done").is_dir() else 0
         target = done0 + rng.randint(1, max_step)
-        proc = subprocess.Popen(serve_cmd(model, spool), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(serve_cmd(model, spool, precision), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
         t0 = time.time()
         while proc.poll() is None and time.time() - t0 < round_timeout:
             if (spool / "done").is_dir() and _count(spool / "done") >= target:
@@ -110,14 +112,15 @@ def audit(spool: Path, n: int) -> dict:
     return out
 
 
-def run(model: Path, spool: Path, tiles: int, kills: int, seed: int = 0, patch: int = 16) -> dict:
+def run(model: Path, spool: Path, tiles: int, kills: int, seed: int = 0, patch: int = 16,
+        precision: str | None = None) -> dict:
     rng = random.Random(seed)
     write_tiles(spool / "incoming", tiles, patch, seed)
     t0 = time.time()
     # Kill after 1..max_step further tiles plus up to 5 ms (a few more tiles: results are committed in groups),
     # so the kills are spread over the whole spool and all of them happen before it drains.
-    rounds = kill_rounds(model, spool, kills, rng, max_step=max(2, tiles // (2 * kills)))
-    final = subprocess.run(serve_cmd(model, spool), capture_output=True, text=True, timeout=600)
+    rounds = kill_rounds(model, spool, kills, rng, max_step=max(2, tiles // (2 * kills)), precision=precision)
+    final = subprocess.run(serve_cmd(model, spool, precision), capture_output=True, text=True, timeout=600)
     report = audit(spool, tiles)
     report.update({"kills": sum(r["killed"] for r in rounds), "final_exit": final.returncode,
                    "committed_not_moved": sum(r["committed_not_moved"] for r in rounds),
@@ -141,11 +144,13 @@ def main() -> None:
     ap.add_argument("--patch", type=int, default=16)
     ap.add_argument("--spool", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default=None, help="serve this precision (int8: with the fallback)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="crash_kill-"))
     model = args.model or _default_model(work)
-    report = run(model, args.spool or work / "spool", args.tiles, args.kills, args.seed, args.patch)
+    report = run(model, args.spool or work / "spool", args.tiles, args.kills, args.seed, args.patch,
+                 args.precision)
     summary = {k: v for k, v in report.items() if k != "rounds"}
     print(json.dumps(summary, indent=2))
     if args.json:

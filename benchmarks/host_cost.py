@@ -1,6 +1,6 @@
 """Benchmark: the runtime's host work per tile, stage by stage, with a runner that does no work.
 
-    python benchmarks/host_cost.py [--model EXPORT_DIR | --patch 120 [--input-form raw]] [--tiles 100]
+    python benchmarks/host_cost.py [--model EXPORT_DIR [--drift] | --patch 120 [--input-form raw]] [--tiles 100]
         [--iterations 200] [--rounds 4] [--formats npz,geotiff,benv2,scene] [--json OUT]
 
 Tile formats (README "Spool convention"): ``npz`` -- 120 x 120 px ``.npz`` (S1 float32 dB, S2 uint16);
@@ -21,7 +21,9 @@ standing in for the model, so what is left is the host's work:
    ``once`` mode (all threads, fsyncs and moves included); process CPU time and wall time per tile.
 
 The contract (patch size, input form) comes from ``--model`` (an export directory) or ``--patch`` /
-``--input-form``. Load averages are printed before and after.
+``--input-form``. ``--drift`` adds the INT8 safety net's drift check of every window against the export's
+calibration envelope (a "drift" stage per tile, and in the daemon), and prints its share of the host time.
+Load averages are printed before and after.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ def write_format(kind: str, folder: Path, n: int, seed: int = 0) -> list[Path]:
 
 
 def stage_times(contract, tiles: dict[str, list[Path]], scratch: Path, iterations: int, warmup: int,
-                rounds: int) -> dict[str, dict]:
+                rounds: int, net=None) -> dict[str, dict]:
     """Per format: per-stage p50 ms per tile (latency mode, batch 1), formats interleaved in rounds."""
     from mosaic_edge.edge_runtime.profiling import STAGES, measure_latency, runtime_pipeline
 
@@ -86,7 +88,7 @@ def stage_times(contract, tiles: dict[str, list[Path]], scratch: Path, iteration
     runner.activate()
     samples: dict[str, dict[str, list[float]]] = {k: {} for k in tiles}
     per_round = max(1, iterations // rounds)
-    pipes = {k: runtime_pipeline(runner, scratch / f"results-{k}") for k in tiles}
+    pipes = {k: runtime_pipeline(runner, scratch / f"results-{k}", net=net) for k in tiles}
     for kind, paths in tiles.items():  # warm-up: imports, caches, first allocations
         measure_latency(pipes[kind], runner, paths, 1, 1, warmup)
     for _ in range(rounds):
@@ -98,13 +100,16 @@ def stage_times(contract, tiles: dict[str, list[Path]], scratch: Path, iteration
     out = {}
     for kind, stages in samples.items():
         host = np.asarray(stages["end_to_end"]) - np.asarray(stages.get("inference", 0.0))
+        share = np.asarray(stages["drift"]) / host  # per tile: the drift check's share of that tile's host time
         out[kind] = {"stages_p50_ms": {s: float(np.median(stages[s])) for s in STAGES if s in stages},
                      "host_p50_ms": float(np.median(host)), "host_p10_ms": float(np.percentile(host, 10)),
-                     "host_p90_ms": float(np.percentile(host, 90)), "n": len(host)}
+                     "host_p90_ms": float(np.percentile(host, 90)), "n": len(host),
+                     "drift_share_p50": float(np.median(share)),
+                     "drift_share_of_medians": float(np.median(stages["drift"]) / np.median(host))}
     return out
 
 
-def daemon_cost(contract, kind: str, n: int, scratch: Path) -> dict:
+def daemon_cost(contract, kind: str, n: int, scratch: Path, net=None) -> dict:
     """Process CPU and wall time per tile of the daemon draining ``n`` tiles of ``kind`` with the null runner."""
     from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
     from mosaic_edge.edge_runtime.logs import get_logger
@@ -112,7 +117,8 @@ def daemon_cost(contract, kind: str, n: int, scratch: Path) -> dict:
     get_logger().disabled = True
     spool = scratch / f"spool-{kind}"
     write_format(kind, spool / "incoming", n, seed=7)
-    daemon = Daemon(NullRunner(contract), spool, ServeConfig(batch=8, once=True, settle_s=0.0, max_wait_ms=5.0))
+    daemon = Daemon(NullRunner(contract), spool, ServeConfig(batch=8, once=True, settle_s=0.0, max_wait_ms=5.0),
+                    safety=net)
     t0, c0 = time.perf_counter(), time.process_time()
     code = daemon.run()
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -144,30 +150,43 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iterations", type=int, default=200, help="timed tiles per format (scene: /10)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--drift", action="store_true", help="with the drift check of --model's envelope")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     contract = _contract(args)
+    net = None
+    if args.drift:
+        from mosaic_edge.edge_runtime.safety import SafetyNet
+        from mosaic_edge.manifest import Manifest
+
+        if not args.model or Manifest.load(args.model).envelope is None:
+            raise SystemExit("--drift needs --model: an export directory with a calibration envelope (--int8)")
+        net = SafetyNet(envelope=Manifest.load(args.model).envelope)
     kinds = [k.strip() for k in args.formats.split(",") if k.strip()]
     load0 = os.getloadavg()
     scratch = Path(tempfile.mkdtemp(prefix="mosaic-host-cost-"))
     try:
         tiles = {k: write_format(k, scratch / "tiles" / k, 3 if k == "scene" else 24) for k in kinds}
-        stages = stage_times(contract, tiles, scratch, args.iterations, args.warmup, args.rounds)
-        daemon = {k: daemon_cost(contract, k, max(4, args.tiles // 10) if k == "scene" else args.tiles, scratch)
+        stages = stage_times(contract, tiles, scratch, args.iterations, args.warmup, args.rounds, net)
+        daemon = {k: daemon_cost(contract, k, max(4, args.tiles // 10) if k == "scene" else args.tiles, scratch, net)
                   for k in kinds}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     load1 = os.getloadavg()
-    names = [s for s in next(iter(stages.values()))["stages_p50_ms"] if s not in ("h2d", "inference", "d2h")]
+    skip = ("h2d", "inference", "d2h", "fallback")  # the model's work (a null runner here)
+    names = [s for s in next(iter(stages.values()))["stages_p50_ms"] if s not in skip]
     print(f"contract: patch {contract.patch_size}, input form {contract.input_form}; "
           f"load average {load0[0]:.2f} -> {load1[0]:.2f}")
-    print("| format | " + " | ".join(names) + " | host p50 (p10-p90) | daemon CPU ms/tile | daemon wall ms/tile |")
-    print("|---|" + "---:|" * (len(names) + 3))
+    drift = " drift / host p50 |" if net else ""
+    print("| format | " + " | ".join(names) + " | host p50 (p10-p90) |" + drift
+          + " daemon CPU ms/tile | daemon wall ms/tile |")
+    print("|---|" + "---:|" * (len(names) + 3 + bool(net)))
     for k in kinds:
         st, d = stages[k], daemon[k]
         print(f"| {k} | " + " | ".join(f"{st['stages_p50_ms'][s]:.3f}" for s in names)
               + f" | {st['host_p50_ms']:.2f} ({st['host_p10_ms']:.2f}-{st['host_p90_ms']:.2f}) | "
-              f"{d['cpu_ms_per_tile']:.2f} | {d['wall_ms_per_tile']:.2f} |")
+              + (f"{100 * st['drift_share_p50']:.1f}% |" if net else "")
+              + f"{d['cpu_ms_per_tile']:.2f} | {d['wall_ms_per_tile']:.2f} |")
     result = {"contract": {"patch_size": contract.patch_size,
                            "input_form": contract.input_form},
               "load_average": [load0, load1], "stages": stages, "daemon": daemon}

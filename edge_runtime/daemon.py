@@ -10,6 +10,14 @@
 * writer (:class:`~mosaic_edge.edge_runtime.commit.Committer`): writes results atomically, then moves inputs
   to ``done/``, a group of tiles per directory fsync, so inference never waits on the disk.
 
+INT8 safety net (:mod:`~mosaic_edge.edge_runtime.safety`): readers drift-check every window against the
+export's calibration envelope; after each INT8 batch the inference thread queues the windows the fallback
+policy flags (borderline or drifted) and re-runs them with the higher-precision runner in batches -- up to
+``batch`` windows or whatever was flagged within ``max_wait_ms`` of the first one, or at once when no more
+tiles are coming -- on the same thread, so both runners are never busy at once. A tile is handed to the writer
+only when every window is answered; tiles finished after it wait for its re-runs, so the fallback never changes
+the order in which tiles are committed.
+
 A full queue blocks the stage before it, so a slow disk slows reading instead of filling memory. A scene (a
 GeoTIFF pair too large to hold, :mod:`mosaic_edge.scene`) goes through the same queue as pieces -- blocks of its
 windows, cut region by region (:func:`~mosaic_edge.edge_runtime.pipeline.open_job`) -- so the queue bounds
@@ -36,6 +44,7 @@ from mosaic_edge.edge_runtime.commit import Committer
 from mosaic_edge.edge_runtime.logs import get_logger
 from mosaic_edge.edge_runtime.metrics_http import Metrics
 from mosaic_edge.edge_runtime.runner import Runner, usable_cores
+from mosaic_edge.edge_runtime.safety import RerunFailed, Reruns, SafetyNet
 from mosaic_edge.edge_runtime.spool import Candidate, IncomingWatcher, Spool, SpoolGone
 from mosaic_edge.edge_runtime.spool_names import escape
 from mosaic_edge.edge_runtime.watchdog import Supervisor
@@ -121,8 +130,9 @@ class Daemon:
     """Serve ``runner`` over the spool at ``spool``; :meth:`run` blocks until stopped (or drained: once)."""
 
     def __init__(self, runner: Runner, spool: str | Path | Spool, config: ServeConfig = ServeConfig(),
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, safety: SafetyNet | None = None):
         self.runner, self.config = runner, config
+        self.safety = safety if safety is not None else SafetyNet()
         self.spool = spool if isinstance(spool, Spool) else Spool(spool, settle_s=config.settle_s)
         self.metrics = metrics or Metrics()
         self._stop = threading.Event()
@@ -136,6 +146,9 @@ class Daemon:
         self.metrics_address: tuple[str, int] | None = None
         # A TensorRT engine's profile caps the batch; never hand it more.
         self.batch = min(config.batch, runner.max_batch or config.batch)
+        self._reruns = Reruns(self.safety, self.batch, config.max_wait_ms / 1e3, self._count)
+        self._unfinished: deque[InFlight] = deque()  # one per tile, in the order read (see _hand_over)
+        self._tracked: set[pipeline.Job] = set()  # the tiles in _unfinished
         self._committer = Committer(self.spool, runner, self.metrics, self._stop, self._fail, self._release,
                                     config.disk_retry_s, config.disk_retry_max_s, config.write_queue)
 
@@ -213,7 +226,7 @@ class Daemon:
         that turns out bad after some of its pieces were queued is failed here.
         """
         job, units = pipeline.open_job(cand.path, cand.tile_id, self.runner.contract, self.config.limits,
-                                       self.config.stride, allow_sar_only=cand.marker)
+                                       self.config.stride, allow_sar_only=cand.marker, net=self.safety)
         queued = 0
         try:
             for unit in units:
@@ -243,6 +256,8 @@ class Daemon:
         t = job.timings_ms
         self.metrics.observe("read", (t["read"] + t["verify"]) / 1e3)
         self.metrics.observe("preprocess", (t["prepare"] + t["cut"]) / 1e3)
+        if "drift" in t:
+            self.metrics.observe("drift", t["drift"] / 1e3)
         return True
 
     def _put(self, item: InFlight) -> bool:
@@ -349,7 +364,9 @@ class Daemon:
         return list(self._read_pool.map(lambda c: self._take_guarded(c, handled), ready))
 
     # ---- inference side ------------------------------------------------------------------------------------
-    def _gather(self, backlog: deque) -> list[tuple[InFlight, int, int]] | None:
+    def _gather(self, backlog: deque, deadline: float | None = None) -> list[tuple[InFlight, int, int]] | None:
+        """The next batch's ``(tile, first window, end)`` slices; [] when none came before ``deadline`` (or a
+        while), None once the reader is done and everything is batched."""
         items: list[tuple[InFlight, int, int]] = []
         count, first = 0, None
         max_wait = self.config.max_wait_ms / 1e3
@@ -369,7 +386,10 @@ class Daemon:
                 continue
             if self._reader_done:
                 break
-            timeout = 0.25 if first is None else first + max_wait - time.perf_counter()
+            if first is None:
+                timeout = 0.25 if deadline is None else min(0.25, deadline - time.perf_counter())
+            else:
+                timeout = first + max_wait - time.perf_counter()
             if timeout <= 0:
                 break
             try:
@@ -385,6 +405,9 @@ class Daemon:
             got.job.timings_ms["queue"] = got.job.timings_ms.get("queue", 0.0) + wait  # a scene: all its pieces
             self.metrics.observe("queue", wait / 1e3)
             backlog.append(got)
+            if got.job not in self._tracked:  # a scene's later pieces keep their tile's place
+                self._tracked.add(got.job)
+                self._unfinished.append(got)
         self.metrics.set("queue_depth", self._queue.qsize() + len(backlog))
         return None if not items and self._reader_done else items
 
@@ -410,20 +433,66 @@ class Daemon:
                 pipeline.store_outputs(item.unit, a, {k: v[off:off + b - a] for k, v in out.items()})
                 timings["cut"] = timings.get("cut", 0.0) + (t1 - t0) * 1e3 * (b - a) / len(batch["sar"])
                 timings["infer"] = timings.get("infer", 0.0) + (t2 - t1) * 1e3
+                # queue what the fallback must re-run, with a copy of those windows' inputs
+                self._reruns.flag(item, item.job, pipeline.unit_rows(item.unit, a, b),
+                                  {k: v[off:off + b - a] for k, v in batch.items()})
             off += b - a
         for item, _, b in items:
             if item.piece is not None and b == item.piece.n:
                 item.piece.inputs = None  # a scene's piece is done: its windows' memory goes now
-        # one item per tile (two pieces of a scene may finish it in one batch)
-        finished = list({i.job: i for i in inflight if i.job.n_done == i.job.n and not i.failed}.values())
+
+    # ---- the fallback and the hand-over to the writer -------------------------------------------------------
+    def _count(self, name: str, amount: int) -> None:
+        if name != "windows_checked":  # the "patches" counter already says how many windows were inferred
+            self.metrics.inc(name, amount)
+
+    def _rerun(self, everything: bool) -> None:
+        """Re-run the queued windows that are due (all of them with ``everything``) with the fallback runner."""
+        while True:
+            t0 = time.perf_counter()
+            try:
+                if not next(self._reruns.run(everything), None):
+                    return
+            except RerunFailed as exc:
+                log.error("fallback inference failed", extra={"fields": {"error": str(exc.__cause__)}})
+                self._fail_jobs(exc.owners, str(exc))
+                continue
+            self.metrics.observe("fallback", time.perf_counter() - t0)
+
+    def _hand_over(self) -> None:
+        """Hand the finished tiles to the writer (one put), as they finished before the fallback existed: a tile
+        whose windows are all inferred waits for its re-runs, and so do the finished tiles read after it (the
+        fallback never reorders tiles); a tile still being inferred (a scene's pieces) holds no one back."""
+        finished: list[InFlight] = []
+        waiting: deque[InFlight] = deque()
+        held = False  # an earlier tile waits for its re-runs
+        for item in self._unfinished:
+            job = item.job
+            if item.failed or (job.complete and not held):
+                self._tracked.discard(job)
+                if not item.failed:
+                    finished.append(item)  # one item per tile: a scene's pieces share its job
+                continue
+            held = held or job.n_done == job.n
+            waiting.append(item)
+        self._unfinished = waiting
         if finished:
             self._committer.put(finished)  # blocks only while the writer is write_queue batches behind
 
     def _fail_jobs(self, inflight: list[InFlight], reason: str) -> None:
         for item in inflight:
+            self._reruns.discard(item.job)
             self._abandon(item, reason)  # its remaining patches (and pieces) are dropped from the backlog
 
     # ---- lifecycle -----------------------------------------------------------------------------------------
+    def stop_fields(self) -> dict[str, Any]:
+        """The stop line: every counter, and the shares of the inferred windows drifted and re-run."""
+        counts = dict(self.metrics.counters)
+        patches = counts.get("patches", 0)
+        for name in ("windows_drifted", "windows_rerun"):
+            counts[f"{name}_fraction"] = round(counts.get(name, 0) / patches, 4) if patches else 0.0
+        return counts
+
     def run(self) -> int:
         """Serve until stopped (or, with ``once``, until ``incoming/`` is drained); return the exit code."""
         restore = {}
@@ -434,6 +503,11 @@ class Daemon:
             removed = self.spool.recover()
             try:
                 self.runner.activate()
+                try:
+                    self.safety.activate()  # the fallback runner, when there is one
+                except BaseException:
+                    self.runner.deactivate()
+                    raise
             except Exception as exc:  # noqa: BLE001 - a clear one-line failure, not a crash loop
                 log.error("cannot load the model",
                           extra={"fields": {"error": f"{type(exc).__name__}: {exc}"}})
@@ -444,7 +518,8 @@ class Daemon:
             self.metrics_address = service.address
             log.info("serving", extra={"fields": {
                 "spool": str(self.spool.root), "runner": self.runner.describe(),
-                "temp_files_removed": removed, "metrics": self.metrics_address}})
+                "safety_net": self.safety.describe(), "temp_files_removed": removed,
+                "metrics": self.metrics_address}})
             writer = threading.Thread(target=self._committer.run, name="result-writer", daemon=True)
             reader = threading.Thread(target=self._reader, name="tile-reader", daemon=True)
             if self.config.reader_threads > 1:
@@ -454,9 +529,7 @@ class Daemon:
             backlog: deque = deque()
             while True:
                 try:
-                    items = self._gather(backlog)
-                    if items is None:
-                        break
+                    items = self._gather(backlog, self._reruns.deadline())
                     if items:
                         try:
                             self._run_batch(items)
@@ -464,6 +537,11 @@ class Daemon:
                             log.exception("batch error")
                             self._fail_jobs(list(dict.fromkeys(j for j, _, _ in items)),
                                             f"internal error: {type(exc).__name__}: {exc}")
+                    # full fallback batches; all of them when no tile came (idle, past the deadline, or done)
+                    self._rerun(everything=not items)
+                    self._hand_over()
+                    if items is None:
+                        break
                 except Exception:  # noqa: BLE001 - keep serving
                     log.exception("batch loop error")
             reader.join()
@@ -472,8 +550,9 @@ class Daemon:
             self._committer.close()  # after the last batch: the writer commits everything, then returns
             writer.join()
             service.stop()
+            self.safety.deactivate()
             self.runner.deactivate()
-            log.info("stopped", extra={"fields": dict(self.metrics.counters)})
+            log.info("stopped", extra={"fields": self.stop_fields()})
             return EXIT_SPOOL_GONE if self._spool_error is not None else 0
         finally:
             for sig, handler in restore.items():

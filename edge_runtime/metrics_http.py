@@ -29,7 +29,7 @@ from mosaic_edge.optional import require
 
 # Upper bounds (seconds) of the latency histogram buckets: from a fast patch batch to a slow large tile.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-STAGES = ("read", "preprocess", "queue", "infer", "write")
+STAGES = ("read", "preprocess", "drift", "queue", "infer", "fallback", "write")
 PREFIX = "mosaic_edge"
 
 COUNTERS = {
@@ -39,6 +39,10 @@ COUNTERS = {
     "patches": "Patches inferred.",
     "batches": "Inference batches run.",
     "disk_full_retries": "Result writes retried because the output disk was full.",
+    "windows_drifted": "Windows outside the export's calibration envelope (drift flag in their records).",
+    "windows_borderline": "INT8 windows with a logit within the fallback margin of a class threshold.",
+    "windows_rerun": "INT8 windows re-run by the higher-precision fallback runner (borderline or drifted).",
+    "fallback_batches": "Batches run by the fallback runner.",
 }
 GAUGES = {
     "queue_depth": "Tiles read and waiting for inference.",

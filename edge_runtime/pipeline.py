@@ -13,7 +13,12 @@ caller runs -- and the profiler times -- exactly the same code:
   the engine only moves whole blocks (:func:`batch_inputs`: a view when a batch lies in one tile, else one
   copy per tile into the runner's :meth:`~Runner.input_buffers`); a large tile, whose windows would take more
   than :data:`PRECUT_MAX_BYTES`, is cut straight into the batch buffers by :func:`fill` instead;
+* :func:`drift`: the INT8 safety net's drift check of every window against the export's calibration envelope,
+  on the raw values the host holds (:mod:`mosaic_edge.edge_runtime.drift`; a scene's piece by piece);
 * :func:`result_files`: the JSON Lines (and GeoJSON) bytes of a finished tile, built once.
+
+After inference, the windows the borderline fallback flags are re-run by the higher-precision runner
+(:class:`~mosaic_edge.edge_runtime.safety.Reruns`) before the tile's records are built.
 
 A scene (:mod:`mosaic_edge.scene`: a GeoTIFF pair too large to hold) never exists whole in memory:
 :func:`open_job` gives its :class:`Job` (all window positions, row-major; the per-window answers) and a generator
@@ -41,8 +46,11 @@ from mosaic_edge import patching
 from mosaic_edge.contract import Contract
 from mosaic_edge.data.tiff import GeoInfo
 from mosaic_edge.edge_runtime import postprocess
+from mosaic_edge.edge_runtime.drift import check_drift
 from mosaic_edge.edge_runtime.runner import Runner
+from mosaic_edge.edge_runtime.safety import RerunFailed, Reruns, SafetyNet
 from mosaic_edge.edge_runtime.tiles import PreparedTile, check_crs, prepare_tile
+from mosaic_edge.envelope import DriftCheck
 from mosaic_edge.errors import DataError
 from mosaic_edge.scene import Scene, open_scene
 from mosaic_edge.tile_format import Tile, TileFiles, TileLimits, decode, read_files, tile_files
@@ -62,6 +70,12 @@ class Job:
             ``source`` batch by batch.
         source: Whole-tile inputs (only while ``inputs`` is None).
         timings_ms: Host time per stage of this tile.
+        drift: Drift check of every window (None: the export has no envelope); ``drift_bands`` names its bands.
+        rerun: uint8 per window, why the fallback re-ran it (bits of :data:`.postprocess.RERUN_REASONS`; None:
+            no window was flagged).
+        answered_fallback: bool per window, answered by the fallback runner (None: none was).
+        fallback_precision: Precision of the fallback runner that answered.
+        rerun_pending: Windows queued for the fallback and not yet answered.
     """
 
     tile_id: str
@@ -77,10 +91,36 @@ class Job:
     n_done: int = 0
     logits: dict[str, np.ndarray] = field(default_factory=dict)
     failed: bool = False  # set once; its remaining windows are dropped and it is never committed
+    drift: DriftCheck | None = None
+    drift_bands: tuple[str, ...] = ()
+    rerun: np.ndarray | None = None
+    answered_fallback: np.ndarray | None = None
+    fallback_precision: str | None = None
+    rerun_pending: int = 0
 
     @property
     def n(self) -> int:
         return len(self.windows)
+
+    @property
+    def complete(self) -> bool:
+        """Every window answered, the fallback's re-runs included."""
+        return self.n_done == self.n and self.rerun_pending == 0
+
+    def reasons(self) -> np.ndarray:
+        """:attr:`rerun`, allocated (all 0) on first use."""
+        if self.rerun is None:
+            self.rerun = np.zeros(self.n, np.uint8)
+        return self.rerun
+
+    def set_drift(self, rows: slice | np.ndarray, check: DriftCheck, bands: tuple[str, ...]) -> None:
+        """Keep the drift check of windows ``rows`` (a scene's are checked piece by piece)."""
+        if self.drift is None:
+            n = self.n
+            self.drift = DriftCheck(np.zeros((n, len(bands))), np.zeros(n), np.full(n, np.nan), np.zeros(n, bool))
+            self.drift_bands = bands
+        for name in ("per_band", "combined", "distance", "drifted"):
+            getattr(self.drift, name)[rows] = getattr(check, name)
 
 
 @dataclass(eq=False)
@@ -100,6 +140,11 @@ class Piece:
     @property
     def n(self) -> int:
         return len(self.index)
+
+
+def unit_rows(unit: Job | Piece, a: int, b: int) -> np.ndarray:
+    """The job's window indices of windows ``a:b`` of a job or of a piece of one."""
+    return unit.index[a:b] if isinstance(unit, Piece) else np.arange(a, b)
 
 
 # ---- the stages --------------------------------------------------------------------------------------------
@@ -179,6 +224,22 @@ def batch_inputs(runner: Runner, rows: int, parts: Sequence[tuple[Job | Piece, i
     return fill(runner.input_buffers(rows), parts)
 
 
+# ---- the safety net's stages (drift on the reader side; the record fields) ---------------------------------
+def drift(job: Job, prepared: PreparedTile, tile: Tile, contract: Contract, net: SafetyNet) -> None:
+    """Drift check of every window of ``job`` against ``net.envelope`` (raw units), kept in ``job.drift``
+    (:func:`mosaic_edge.edge_runtime.drift.check_drift`; none without an envelope)."""
+    if net.envelope is not None:
+        check = check_drift(net.envelope, contract, job.windows, job.heads, job.optical_invalid, job.inputs,
+                            prepared, tile)
+        job.set_drift(slice(None), check, net.envelope.bands)
+
+
+def safety_fields(job: Job, runner: Runner) -> postprocess.SafetyFields:
+    """The safety net's per-window record fields of ``job`` (served by ``runner``)."""
+    return postprocess.SafetyFields(runner.precision, job.drift, job.drift_bands, job.answered_fallback,
+                                    job.fallback_precision, job.rerun)
+
+
 def store_outputs(unit: Job | Piece, start: int, outputs: dict[str, np.ndarray]) -> None:
     """Keep the head logits of patches ``start .. start+len`` of a job (or of a piece of one)."""
     k = len(next(iter(outputs.values())))
@@ -201,9 +262,11 @@ def job_records(job: Job, runner: Runner) -> list[dict[str, Any]]:
     """The JSON Lines records of a finished job, as dicts: the tile summary, then one record per window."""
     scores = postprocess.patch_scores(job.logits, job.heads)
     extra = _extra(job, runner)
-    summary = postprocess.tile_summary(job.tile_id, job.windows, job.heads, scores, runner.contract, job.geo, extra)
+    safety = safety_fields(job, runner)
+    summary = postprocess.tile_summary(job.tile_id, job.windows, job.heads, scores, runner.contract, job.geo, extra,
+                                       safety=safety)
     return [summary, *postprocess.tile_records(job.tile_id, job.windows, job.heads, scores, runner.contract,
-                                               job.geo, job.optical_invalid, extra)]
+                                               job.geo, job.optical_invalid, extra, safety=safety)]
 
 
 def result_files(job: Job, runner: Runner) -> tuple[bytes, bytes | None]:
@@ -213,13 +276,15 @@ def result_files(job: Job, runner: Runner) -> tuple[bytes, bytes | None]:
     """
     scores = postprocess.patch_scores(job.logits, job.heads)
     return postprocess.encode_tile(job.tile_id, job.windows, job.heads, scores, runner.contract,
-                                   job.geo, job.optical_invalid, _extra(job, runner))
+                                   job.geo, job.optical_invalid, _extra(job, runner),
+                                   safety=safety_fields(job, runner))
 
 
 # ---- a whole tile ------------------------------------------------------------------------------------------
 def load(path: Path, tile_id: str, contract: Contract, limits: TileLimits = TileLimits(),
-         stride: int | None = None, allow_sar_only: bool = False) -> Job:
-    """read -> verify -> prepare -> cut of one tile, each stage's time in ``job.timings_ms``."""
+         stride: int | None = None, allow_sar_only: bool = False, net: SafetyNet | None = None) -> Job:
+    """read -> verify -> prepare -> cut (-> drift, when ``net`` has an envelope) of one tile, each stage's time
+    in ``job.timings_ms``."""
     t0 = time.perf_counter()
     files, tile = read(path, tile_id, limits, allow_sar_only)
     t1 = time.perf_counter()
@@ -231,11 +296,15 @@ def load(path: Path, tile_id: str, contract: Contract, limits: TileLimits = Tile
     t4 = time.perf_counter()
     job.timings_ms.update({"read": (t1 - t0) * 1e3, "verify": (t2 - t1) * 1e3, "prepare": (t3 - t2) * 1e3,
                            "cut": (t4 - t3) * 1e3})
+    if net is not None and net.envelope is not None:
+        drift(job, prepared, tile, contract, net)
+        job.timings_ms["drift"] = (time.perf_counter() - t4) * 1e3
     return job
 
 
-def infer_job(runner: Runner, job: Job | Piece, batch: int = 8) -> None:
-    """Run all windows of ``job`` (or of a piece of one) through an active ``runner``, ``batch`` at a time."""
+def infer_job(runner: Runner, job: Job | Piece, batch: int = 8, reruns: Reruns | None = None) -> None:
+    """Run all windows of ``job`` (or of a piece of one) through an active ``runner``, ``batch`` at a time; with
+    ``reruns``, queue the windows its fallback must re-run (the caller runs them: ``reruns.run``)."""
     batch = min(batch, runner.max_batch or batch)
     timings = job.job.timings_ms if isinstance(job, Piece) else job.timings_ms
     for a in range(0, job.n, batch):
@@ -247,23 +316,37 @@ def infer_job(runner: Runner, job: Job | Piece, batch: int = 8) -> None:
         t2 = time.perf_counter()
         timings["cut"] = timings.get("cut", 0.0) + (t1 - t0) * 1e3
         timings["infer"] = timings.get("infer", 0.0) + (t2 - t1) * 1e3
+        if reruns is not None:
+            whole = job.job if isinstance(job, Piece) else job
+            reruns.flag(whole, whole, unit_rows(job, a, b), inputs)
 
 
 def predict_paths(runner: Runner, paths: Iterable[str | Path], batch: int = 8, stride: int | None = None,
-                  limits: TileLimits = TileLimits(), allow_sar_only: bool = True
-                  ) -> Iterator[tuple[Path, list[dict[str, Any]] | None, str | None]]:
+                  limits: TileLimits = TileLimits(), allow_sar_only: bool = True, net: SafetyNet | None = None,
+                  reruns: Reruns | None = None) -> Iterator[tuple[Path, list[dict[str, Any]] | None, str | None]]:
     """One-shot prediction: yield ``(path, records, None)`` or ``(path, None, error)`` per tile.
 
-    ``runner`` must be active. Explicitly named files are complete, so S1-only folders are SAR-only tiles.
+    ``runner`` (and ``net``'s fallback runner) must be active. Explicitly named files are complete, so S1-only
+    folders are SAR-only tiles. ``reruns`` (default: a queue over ``net`` with ``batch``) keeps the counts.
     """
+    if net is not None and reruns is None:
+        reruns = Reruns(net, batch)
     for p in paths:
         path = Path(p)
         try:
             job, units = open_job(path, path.name.removesuffix(".npz"), runner.contract, limits, stride,
-                                  allow_sar_only)
+                                  allow_sar_only, net)
             for unit in units:
-                infer_job(runner, unit, batch)
+                infer_job(runner, unit, batch, reruns)
+            if reruns is not None:
+                for _ in reruns.run(everything=True):
+                    pass
         except DataError as exc:
+            yield path, None, str(exc)
+            continue
+        except RerunFailed as exc:
+            assert reruns is not None
+            reruns.discard(job)
             yield path, None, str(exc)
             continue
         yield path, job_records(job, runner), None
@@ -282,9 +365,11 @@ def _maybe_scene(path: Path, limits: TileLimits) -> bool:
 
 
 def open_job(path: Path, tile_id: str, contract: Contract, limits: TileLimits = TileLimits(),
-             stride: int | None = None, allow_sar_only: bool = False) -> tuple[Job, Iterator[Job | Piece]]:
+             stride: int | None = None, allow_sar_only: bool = False, net: SafetyNet | None = None
+             ) -> tuple[Job, Iterator[Job | Piece]]:
     """A tile's job and the units to infer: the job itself for a tile read whole (:func:`load`), pieces of it
-    for a scene (module docstring). Exhaust or close the iterator; a bad scene region raises from it.
+    for a scene (module docstring). Exhaust or close the iterator; a bad scene region raises from it. With
+    ``net``'s envelope every window is drift-checked (a scene's piece by piece).
 
     Raises:
         DataError / MissingPartnerError: as :func:`load`.
@@ -297,8 +382,8 @@ def open_job(path: Path, tile_id: str, contract: Contract, limits: TileLimits = 
             except BaseException:
                 scene.close()
                 raise
-            return job, _scene_pieces(scene, job, contract, limits)
-    job = load(path, tile_id, contract, limits, stride, allow_sar_only)
+            return job, _scene_pieces(scene, job, contract, limits, net)
+    job = load(path, tile_id, contract, limits, stride, allow_sar_only, net)
     return job, iter([job])
 
 
@@ -327,7 +412,8 @@ def scene_blocks(job: Job, patch: int, pixel_bytes: int, chunk_bytes: int) -> li
     return [grid[i:i + k, j:j + k].ravel() for i in range(0, len(rows), k) for j in range(0, len(cols), k)]
 
 
-def _scene_pieces(scene: Scene, job: Job, contract: Contract, limits: TileLimits) -> Iterator[Piece]:
+def _scene_pieces(scene: Scene, job: Job, contract: Contract, limits: TileLimits, net: SafetyNet | None = None
+                  ) -> Iterator[Piece]:
     """Read, prepare and cut a scene block by block (see the module docstring); closes the scene at the end."""
     p = contract.patch_size
     dtypes = {k: np.dtype(contract.input_dtype(k)) for k in contract.input_shapes()}
@@ -360,6 +446,10 @@ def _scene_pieces(scene: Scene, job: Job, contract: Contract, limits: TileLimits
             inputs = {k: np.empty((len(local), channels[k], p, p), dtypes[k]) for k in dtypes}
             patching.cut_into(inputs["sar"], prepared.sar, local)
             patching.cut_into(inputs["optical"], prepared.optical, local)
+            t_cut = time.perf_counter()
+            if net is not None and net.envelope is not None:
+                job.set_drift(index, check_drift(net.envelope, contract, local, [job.heads[i] for i in index], inv,
+                                                 inputs, prepared, tile), net.envelope.bands)
             t4 = time.perf_counter()
             if b == len(blocks) - 1:
                 job.input_sha256 = scene.finish()
@@ -367,8 +457,8 @@ def _scene_pieces(scene: Scene, job: Job, contract: Contract, limits: TileLimits
                     raise DataError(f"{scene.tile_id}: {sar_bad / sar_all:.0%} of S1 pixels are invalid "
                                     f"(NaN/inf/nodata), limit {limits.max_invalid_fraction:.0%}")
             t5 = time.perf_counter()
-            for stage, dt in (("read", t1 - t0), ("verify", t2 - t1 + t5 - t4), ("prepare", t3 - t2),
-                              ("cut", t4 - t3)):
+            stages = [("read", t1 - t0), ("verify", t2 - t1 + t5 - t4), ("prepare", t3 - t2), ("cut", t_cut - t3)]
+            for stage, dt in stages + ([("drift", t4 - t_cut)] if net is not None and net.envelope else []):
                 t[stage] = t.get(stage, 0.0) + dt * 1e3
             yield Piece(job, index, inputs, local)
     finally:

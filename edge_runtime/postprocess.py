@@ -7,7 +7,9 @@ One JSON Lines record per patch::
      "head": "fused" | "sar", "labels": [{"name": ..., "score": ...}, ...],   # score >= class threshold
      "scores": {class: probability, ...}, "optical_invalid_fraction": 0.0,
      "model_hash": "...", "runner": "ort", "precision": "fp32", "input_sha256": "...",
-     "timings_ms": {"read": .., "verify": .., "prepare": .., "cut": .., "queue": .., "infer": ..}}
+     "timings_ms": {"read": .., "verify": .., "prepare": .., "cut": .., "queue": .., "infer": ..},
+     "drift": {"drifted": false, "beyond": 0.0042, "distance": 4.17, "band": "B12"} | null,
+     "answered_by": "int8" | "fp16" | "fp32", "rerun": null | "borderline" | "drifted" | "borderline+drifted"}
 
 ``head`` says which logits answered: the fused head, or the SAR head when the patch has no usable optical
 data. ``bounds`` are in the tile's own CRS (``crs``), as its grid.
@@ -18,7 +20,8 @@ Before the window records, one summary of the tile (:func:`tile_summary`)::
      "heads": {"fused": 97, "sar": 3}, "windows_without_labels": 4,
      "labels": [{"name": ..., "windows": 61, "fraction": 0.61, "max_score": 0.98}, ...],   # most windows first
      "bounds": [...] | null, "crs": ... | null, "bbox": [west, south, east, north] | null,  # bbox: WGS 84
-     "model_hash": ..., "runner": ..., "precision": ..., "input_sha256": ..., "timings_ms": {...}}
+     "model_hash": ..., "runner": ..., "precision": ..., "input_sha256": ..., "timings_ms": {...},
+     "windows_drifted": 2 | null, "windows_rerun": 5}     # the INT8 safety net's counts (drifted: null without one)
 
 GeoJSON (:func:`to_geojson`, georeferenced tiles, pyproj installed): RFC 7946 -- WGS 84 longitude/latitude,
 counter-clockwise exterior rings, ``bbox`` members, no ``crs`` member, footprints densified and cut at the
@@ -26,6 +29,13 @@ antimeridian (:mod:`mosaic_edge.edge_runtime.geo_output`). The first feature is 
 the summary (``"type": "tile"``), then one feature per window (``"type": "window"``); both keep the native
 ``crs`` and ``bounds`` as properties. Without pyproj a georeferenced tile gets no GeoJSON (one warning per
 process), JSON Lines as always.
+
+The INT8 safety net's fields (:class:`SafetyFields`; ``precision`` and ``model_hash`` name the artefact serving
+the tile): ``drift`` -- null when the export has no calibration envelope, else whether the window lies outside
+it (``drifted``), the fraction of its sampled values beyond the envelope's quantiles (``beyond``), the
+Mahalanobis distance of its band statistics (``distance``; null without them) and the band with the most values
+beyond (``band``; null when none is); ``answered_by`` -- the precision whose logits answered; ``rerun`` -- why
+the fallback re-ran the window at higher precision (null: it did not).
 
 :func:`tile_records` builds the window records as dicts (library use, tests); :func:`encode_tile` writes the
 same bytes as ``to_jsonl([tile_summary(...), *tile_records(...)])`` and ``to_geojson(...)`` straight from the
@@ -37,6 +47,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -45,11 +56,86 @@ import numpy as np
 from mosaic_edge.contract import Contract, sigmoid
 from mosaic_edge.data.tiff import GeoInfo
 from mosaic_edge.edge_runtime.logs import get_logger
+from mosaic_edge.envelope import DriftCheck
 from mosaic_edge.patching import Window
 
 # head name in records -> contract output holding its logits
 HEAD_OUTPUTS = {"fused": "logits", "sar": "logits_sar"}
 SCORE_DIGITS = 6
+BEYOND_DIGITS, DISTANCE_DIGITS = 4, 2
+# Why the fallback re-ran a window: bits of SafetyFields.rerun, and the record's text for each combination.
+RERUN_BORDERLINE, RERUN_DRIFTED = 1, 2
+RERUN_REASONS: dict[int, str | None] = {0: None, RERUN_BORDERLINE: "borderline", RERUN_DRIFTED: "drifted",
+                                        RERUN_BORDERLINE | RERUN_DRIFTED: "borderline+drifted"}
+
+
+@dataclass(frozen=True)
+class SafetyFields:
+    """The INT8 safety net's per-window record fields of one tile (see the module doc).
+
+    Attributes:
+        precision: Precision of the runner serving the tile (answers every window the fallback did not).
+        drift: The tile's drift check (None: no envelope); ``bands`` names its columns.
+        answered_fallback: bool per window, answered by the fallback runner (None: none was).
+        fallback_precision: Precision of that runner.
+        rerun: uint8 per window, bits of :data:`RERUN_REASONS` (None: none re-run).
+    """
+
+    precision: str
+    drift: DriftCheck | None = None
+    bands: tuple[str, ...] = ()
+    answered_fallback: np.ndarray | None = None
+    fallback_precision: str | None = None
+    rerun: np.ndarray | None = None
+
+    def _drift_parts(self) -> tuple[list[bool], list[float], list[float | None], list[str | None]]:
+        d = self.drift
+        assert d is not None
+        beyond = np.round(d.combined, BEYOND_DIGITS).tolist()
+        distance = [None if not np.isfinite(x) else x for x in np.round(d.distance, DISTANCE_DIGITS).tolist()]
+        worst = d.per_band.argmax(axis=1) if d.per_band.size else np.zeros(len(beyond), int)
+        any_beyond = d.per_band.max(axis=1) > 0 if d.per_band.size else np.zeros(len(beyond), bool)
+        band = [self.bands[k] if hit and k < len(self.bands) else None
+                for k, hit in zip(worst.tolist(), any_beyond.tolist(), strict=True)]
+        return d.drifted.tolist(), beyond, distance, band
+
+    def _answered(self, n: int) -> list[str]:
+        if self.answered_fallback is None or self.fallback_precision is None:
+            return [self.precision] * n
+        names = (self.precision, self.fallback_precision)
+        return [names[int(x)] for x in self.answered_fallback.tolist()]
+
+    def _reasons(self, n: int) -> list[str | None]:
+        if self.rerun is None:
+            return [None] * n
+        return [RERUN_REASONS[int(x)] for x in self.rerun.tolist()]
+
+    def counts(self) -> dict[str, int | None]:
+        """The tile summary's counts: windows drifted (None without an envelope) and re-run."""
+        return {"windows_drifted": None if self.drift is None else int(self.drift.drifted.sum()),
+                "windows_rerun": 0 if self.answered_fallback is None else int(self.answered_fallback.sum())}
+
+    def values(self, n: int) -> dict[str, list[Any]]:
+        """Per key, the python value of each of the ``n`` windows (what :func:`tile_records` puts in)."""
+        if self.drift is None:
+            drift: list[Any] = [None] * n
+        else:
+            drift = [{"drifted": f, "beyond": b, "distance": x, "band": k}
+                     for f, b, x, k in zip(*self._drift_parts(), strict=True)]
+        return {"drift": drift, "answered_by": self._answered(n), "rerun": self._reasons(n)}
+
+    def encoded(self, n: int) -> dict[str, list[str]]:
+        """Per key, ``json.dumps(value, sort_keys=True)`` of each window's value, formatted directly."""
+        if self.drift is None:
+            drift = ["null"] * n
+        else:
+            quoted = {k: json.dumps(k) for k in (*self.bands, None)}
+            drift = [f'{{"band": {quoted[k]}, "beyond": {b!r}, "distance": {"null" if x is None else repr(x)}, '
+                     f'"drifted": {"true" if f else "false"}}}'
+                     for f, b, x, k in zip(*self._drift_parts(), strict=True)]
+        answered = [f'"{a}"' for a in self._answered(n)]
+        reasons = ["null" if r is None else f'"{r}"' for r in self._reasons(n)]
+        return {"drift": drift, "answered_by": answered, "rerun": reasons}
 
 
 def choose_heads(optical_invalid: np.ndarray, max_invalid: float) -> list[str]:
@@ -76,9 +162,12 @@ def tile_records(
     geo: GeoInfo | None,
     optical_invalid: Sequence[float],
     extra: Mapping[str, Any],
+    safety: SafetyFields | None = None,
 ) -> list[dict[str, Any]]:
-    """The JSON Lines records of one tile (``extra`` adds model hash, runner, timings, input hash)."""
+    """The JSON Lines records of one tile (``extra`` adds model hash, runner, timings, input hash; ``safety``
+    the safety net's per-window fields)."""
     thresholds = np.asarray(contract.thresholds)
+    per_patch = safety.values(len(wins)) if safety is not None else {}
     records = []
     for i, (win, head) in enumerate(zip(wins, heads, strict=True)):
         s = scores[i]
@@ -97,6 +186,7 @@ def tile_records(
                        for name, v in zip(contract.classes, s, strict=True)},
             "optical_invalid_fraction": round(float(optical_invalid[i]), 4),
             **extra,
+            **{k: v[i] for k, v in per_patch.items()},
         })
     return records
 
@@ -155,6 +245,7 @@ def encode_tile(
     geo: GeoInfo | None,
     optical_invalid: Sequence[float],
     extra: Mapping[str, Any],
+    safety: SafetyFields | None = None,
 ) -> tuple[bytes, bytes | None]:
     """``(to_jsonl(records), to_geojson(records))`` of :func:`tile_records`' records, without building them.
 
@@ -169,7 +260,9 @@ def encode_tile(
     names, by_name, score_keys, template = _class_keys(tuple(contract.classes))
     above_all = scores >= np.asarray(contract.thresholds)
     fixed = {"crs": None if geo is None else geo.crs, "tile": tile_id, **extra}
-    keys = sorted([*fixed, "bounds", "head", "labels", "optical_invalid_fraction", "patch", "scores", "window"])
+    per_patch = safety.encoded(len(wins)) if safety is not None else {}
+    keys = sorted([*fixed, "bounds", "head", "labels", "optical_invalid_fraction", "patch", "scores", "window",
+                   *per_patch])
     # The record as alternating constant text and per-patch fields, in sort_keys order.
     parts: list[str] = []
     text = "{"
@@ -199,6 +292,7 @@ def encode_tile(
             "patch": str(i),
             "scores": "{" + ", ".join(map(str.__add__, score_keys, [values[k] for k in by_name])) + "}",
             "window": f'{{"col": {win.col}, "height": {win.height}, "row": {win.row}, "width": {win.width}}}',
+            **{k: v[i] for k, v in per_patch.items()},
         }
         lines.append("".join(p if j % 2 == 0 else fields[p] for j, p in enumerate(parts)))
         if bounds_r is not None and geo is not None and geo.crs:
@@ -207,7 +301,7 @@ def encode_tile(
                 {c: round(v, SCORE_DIGITS) for c, v in zip(contract.classes, s.tolist(), strict=True)},
                 extra.get("model_hash"), win.to_dict(), bounds_r, geo.crs))
             rects.append(bounds_r)
-    summary = tile_summary(tile_id, wins, heads, scores, contract, geo, extra, with_bbox=False)
+    summary = tile_summary(tile_id, wins, heads, scores, contract, geo, extra, with_bbox=False, safety=safety)
     geojson = None
     if rects and geo is not None and geo.crs:
         pixel = (rects[0][2] - rects[0][0]) / wins[0].width
@@ -218,10 +312,11 @@ def encode_tile(
 
 # ---- the tile summary and RFC 7946 GeoJSON -----------------------------------------------------------------
 def tile_summary(tile_id: str, wins: Sequence[Window], heads: Sequence[str], scores: np.ndarray, contract: Contract,
-                 geo: GeoInfo | None, extra: Mapping[str, Any], with_bbox: bool = True) -> dict[str, Any]:
+                 geo: GeoInfo | None, extra: Mapping[str, Any], with_bbox: bool = True,
+                 safety: SafetyFields | None = None) -> dict[str, Any]:
     """The tile-level record (first line of the JSON Lines file; see the module docstring): which labels occur in
     any window and in what fraction of the windows, which heads answered, the footprint (``with_bbox``: its WGS
-    84 bbox, else None for the caller to fill)."""
+    84 bbox, else None for the caller to fill), and with ``safety`` how many windows drifted and were re-run."""
     n = len(wins)
     above = scores[:n] >= np.asarray(contract.thresholds)
     counts = above.sum(axis=0)
@@ -238,7 +333,8 @@ def tile_summary(tile_id: str, wins: Sequence[Window], heads: Sequence[str], sco
             "heads": dict(sorted(Counter(heads).items())),
             "windows_without_labels": int(n - above.any(axis=1).sum()), "labels": labels,
             "bounds": bounds, "crs": None if geo is None else geo.crs,
-            "bbox": _tile_bbox(geo, bounds, wins) if with_bbox else None, **extra}
+            "bbox": _tile_bbox(geo, bounds, wins) if with_bbox else None, **extra,
+            **(safety.counts() if safety is not None else {})}
 
 
 _warned_no_pyproj = False

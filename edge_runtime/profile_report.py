@@ -14,13 +14,20 @@ from typing import Any
 
 # Keys of every configuration in profile.json (tests check them; readers may rely on them).
 CONFIG_KEYS = ("runner", "precision", "batch", "artefact", "artefact_sha256", "stages", "end_to_end",
-               "throughput_tiles_s", "environment", "accuracy", "power", "energy_per_tile_mj")
+               "throughput_tiles_s", "environment", "accuracy", "power", "energy_per_tile_mj", "fallback", "safety")
 STAT_KEYS = ("mean_ms", "p10_ms", "p50_ms", "p90_ms", "p99_ms")
 ACCURACY_KEYS = ("macro_map", "micro_map", "macro_map_delta_pts", "agreement", "max_prob_diff")
 # Column labels: h2d/d2h are the copies (CUDA events), "infer host" the host time of infer() without them, and
 # "gpu exec" the GPU execution alone (CUDA events; n/a on a host-resident runner).
-_SHORT = {"read": "read", "verify": "verify", "prepare": "prep", "cut": "cut", "h2d": "h2d copy",
-          "inference": "infer host", "d2h": "d2h copy", "postprocess": "post", "write": "write"}
+_SHORT = {"read": "read", "verify": "verify", "prepare": "prep", "cut": "cut", "drift": "drift", "h2d": "h2d copy",
+          "inference": "infer host", "d2h": "d2h copy", "fallback": "fallback", "postprocess": "post",
+          "write": "write"}
+
+
+def label(cfg: Mapping[str, Any]) -> str:
+    """The precision column: ``int8+fp32`` for INT8 with its fallback (to fp32), else the precision."""
+    fb = (cfg.get("safety") or {}).get("fallback") if cfg.get("fallback") else None
+    return f"{cfg['precision']}+{fb['precision']}" if fb else str(cfg["precision"])
 
 
 def accuracy_for(model_dir: Path, artefact: str | None) -> dict[str, Any] | None:
@@ -119,20 +126,21 @@ def render_table(doc: Mapping[str, Any]) -> str:
     rows = []
     for cfg in configs:
         e2e = cfg["end_to_end"]
-        rows.append([cfg["runner"], cfg["precision"], str(cfg["batch"])]
+        rows.append([cfg["runner"], label(cfg), str(cfg["batch"])]
                     + [_fmt(cfg["stages"][s]["p50_ms"], ".3f") for s in stages]
                     + [_fmt((cfg.get("device") or {}).get("p50_ms"), ".3f")]
                     + [_fmt(e2e["p50_ms"]), _fmt(e2e["p90_ms"]), _fmt(e2e["p99_ms"]),
                        _fmt(e2e["p50_ms"] / cfg["batch"]), _fmt(cfg["throughput_tiles_s"], ".1f"),
                        _fmt(cfg["energy_per_tile_mj"], ".1f"), _delta(cfg)])
     spread_head = ["runner", "prec", "batch"] + [_SHORT.get(s, s) for s in stages] + ["e2e", "tiles/s rounds"]
-    spread = [[c["runner"], c["precision"], str(c["batch"])] + [_span(c["stages"][s], ".3f") for s in stages]
+    spread = [[c["runner"], label(c), str(c["batch"])] + [_span(c["stages"][s], ".3f") for s in stages]
               + [_span(c["end_to_end"], ".2f"), _rounds(c)] for c in configs]
     rounds = (doc.get("settings") or {}).get("rounds")
     out = ["latency: ms per batch, synchronous; stage columns are p50; throughput: pipelined"
            + (f"; configurations interleaved in {rounds} rounds" if rounds else ""),
            *_grid(head, rows), "", "spread: p10-p90 ms per batch; throughput: slowest-fastest round",
            *_grid(spread_head, spread)]
+    out += _safety_lines(configs)
     env = doc["environment"]
     cpu = env.get("cpu") or {}
     vers = env.get("versions") or {}
@@ -148,6 +156,25 @@ def render_table(doc: Mapping[str, Any]) -> str:
     return "\n".join(out)
 
 
+def _safety_lines(configs: list[Mapping[str, Any]]) -> list[str]:
+    """The INT8 safety net per configuration that has one: drifted and re-run shares, throughput cost."""
+    lines = []
+    for c in configs:
+        safety = c.get("safety") or {}
+        if not safety.get("drift_check") and not c.get("fallback"):
+            continue
+        text = (f"safety net {c['runner']} {label(c)} batch {c['batch']}: {safety.get('windows', 0)} windows, "
+                f"{100 * safety.get('drifted_fraction', 0.0):.1f}% drifted")
+        if c.get("fallback"):
+            cost = safety.get("throughput_cost")
+            text += (f", {100 * safety['rerun_fraction']:.1f}% re-run with {safety['fallback']['precision']} "
+                     f"(margin {safety['fallback']['margin_logit']:.3g} logit; "
+                     f"{100 * safety['borderline_fraction']:.1f}% borderline); throughput "
+                     + ("n/a" if cost is None else f"{cost:.2f}x") + f" of {c['precision']} without the fallback")
+        lines.append(text)
+    return ([""] + lines) if lines else []
+
+
 def plot_profile(doc: Mapping[str, Any], path: Path) -> str | None:
     """Write the PNG (per-stage latency distributions; throughput vs batch); return a note when skipped."""
     try:
@@ -159,12 +186,12 @@ def plot_profile(doc: Mapping[str, Any], path: Path) -> str | None:
         return "matplotlib is not installed (pip install 'mosaic-edge[plot]'): profile.png skipped"
     configs = doc["configurations"]
     stages = [*doc["stages"], "end_to_end"]
-    precisions = list(dict.fromkeys(c["precision"] for c in configs))
+    precisions = list(dict.fromkeys(label(c) for c in configs))
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [2, 1]})
     smallest = min(c["batch"] for c in configs)
     width = 0.8 / max(1, len(precisions))
     for j, prec in enumerate(precisions):
-        cfg = next(c for c in configs if c["precision"] == prec and c["batch"] == smallest)
+        cfg = next(c for c in configs if label(c) == prec and c["batch"] == smallest)
         # A stage that took no time (no copies on a host-resident runner) has no box on a log axis.
         positive = [[x for x in cfg["samples_ms"].get(s, []) if x > 0] for s in stages]
         drawn = [(i, xs) for i, xs in enumerate(positive) if xs]
@@ -182,7 +209,7 @@ def plot_profile(doc: Mapping[str, Any], path: Path) -> str | None:
                   + (f"; configurations interleaved in {rounds} rounds" if rounds else ""), fontsize=9)
     ax1.legend()
     for j, prec in enumerate(precisions):
-        mine = sorted((c for c in configs if c["precision"] == prec), key=lambda c: c["batch"])
+        mine = sorted((c for c in configs if label(c) == prec), key=lambda c: c["batch"])
         xs, ys = [c["batch"] for c in mine], [c["throughput_tiles_s"] for c in mine]
         ax2.plot(xs, ys, "o-", color=f"C{j}", label=prec)
         spans = [c.get("throughput", {}).get("rounds_tiles_s") or [c["throughput_tiles_s"]] for c in mine]

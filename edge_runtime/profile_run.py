@@ -6,6 +6,11 @@ instead of favouring whichever ran first: stages that do not depend on the preci
 write) come out alike. The spread (p10-p90 of the iterations) is reported beside the medians. The measuring
 itself is :mod:`mosaic_edge.edge_runtime.profiling`; the output files are
 :mod:`mosaic_edge.edge_runtime.profile_report`.
+
+The INT8 safety net runs as the daemon runs it: the drift check is a per-tile stage when the export has a
+calibration envelope, and an INT8 runner with a fallback (:func:`~mosaic_edge.edge_runtime.safety.open_safety_net`)
+is measured twice, without and with it (``fallback`` true/false in the configuration), so the profile reports
+the share of windows re-run and the throughput the fallback costs against plain INT8 on the same tiles.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from mosaic_edge.edge_runtime.profiling import (
 from mosaic_edge.errors import UserError
 from mosaic_edge.tile_format import write_tile
 
-PROFILE_SCHEMA = 2
+PROFILE_SCHEMA = 3
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ class ProfileConfig:
         threads: ONNX Runtime intra-op threads (None: the usable cores).
         synthetic_tiles: How many synthetic tiles to write and cycle through.
         power_interval_ms: tegrastats sampling interval on a Jetson.
+        fallback: Measure INT8 with its borderline fallback too (as ``serve`` runs it by default).
+        fallback_margin: Logit margin overriding the export's fallback policy.
     """
 
     model: Path
@@ -68,6 +75,8 @@ class ProfileConfig:
     synthetic_tiles: int = 32
     power_interval_ms: int = 100
     seed: int = 0
+    fallback: bool = True
+    fallback_margin: float | None = None
 
     def __post_init__(self) -> None:
         from mosaic_edge.manifest import PRECISIONS
@@ -88,7 +97,7 @@ class ProfileConfig:
         return {"model": str(self.model), "runner": self.runner, "batches": list(self.batches),
                 "precisions": list(self.precisions), "iterations": self.iterations, "warmup": self.warmup,
                 "rounds": len(self.round_sizes()), "tiles": None if self.tiles is None else str(self.tiles),
-                "threads": self.threads}
+                "threads": self.threads, "fallback": self.fallback, "fallback_margin": self.fallback_margin}
 
     def round_sizes(self) -> list[int]:
         """Timed iterations of one configuration in each round (they add up to ``iterations``)."""
@@ -131,6 +140,8 @@ class _Configuration:
     runner: Any
     batch: int
     pipeline: Pipeline
+    net: Any = None  # the SafetyNet measured (None: none)
+    reruns: Any = None  # its Reruns (counts)
     samples: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in (*STAGES, "end_to_end")})
     device: list[float] = field(default_factory=list)
     graph_capture: list[float] = field(default_factory=list)
@@ -168,7 +179,22 @@ class _Configuration:
             "power": None if power is None else power.to_dict(),
             "energy_per_tile_mj": None if power is None else power.energy_per_tile_mj(tiles),
             "samples_ms": {k: [round(x, 4) for x in v] for k, v in self.samples.items()},
+            "fallback": self.net is not None and self.net.fallback,
+            "safety": self.safety(),
         }
+
+    def safety(self) -> dict[str, Any] | None:
+        """Shares of windows drifted, borderline and re-run over every batch measured (warm-up included)."""
+        if self.reruns is None:
+            return None
+        r = self.reruns
+        out = {**self.net.describe(), "windows": r.counts["windows_checked"],
+               "drifted_fraction": r.fraction("windows_drifted")}
+        if self.net.fallback:
+            out.update({"borderline_fraction": r.fraction("windows_borderline"),
+                        "rerun_fraction": r.fraction("windows_rerun"), "fallback_batches": r.counts["fallback_batches"],
+                        "throughput_cost": None})  # set once the configuration without the fallback is known
+        return out
 
 
 def _combine_power(summaries: list[Any]) -> Any:
@@ -217,6 +243,7 @@ def run_profile(config: ProfileConfig, scratch: Path) -> dict[str, Any]:
     from mosaic_edge import environment
     from mosaic_edge.edge_runtime import power, profile_report
     from mosaic_edge.edge_runtime.runner import open_runner
+    from mosaic_edge.edge_runtime.safety import Reruns, SafetyNet, open_safety_net
 
     env = environment.environment()
     notes: list[str] = []
@@ -226,13 +253,22 @@ def run_profile(config: ProfileConfig, scratch: Path) -> dict[str, Any]:
             notes.append("no tegrastats on this machine: power and energy per tile not measured")
         runners = [stack.enter_context(open_runner(model, kind=config.runner, precision=p, threads=config.threads))
                    for p in config.precisions]
+        nets = [stack.enter_context(open_safety_net(model, r, config.fallback, config.fallback_margin, config.threads))
+                for r in runners]
         if config.tiles is not None:
             sources: list[Any] = list_tiles(config.tiles)
         else:
             sources = write_synthetic_tiles(scratch / "tiles", runners[0].contract.patch_size,
                                             config.synthetic_tiles, config.seed)
-        configs = [_Configuration(r, b, runtime_pipeline(r, scratch / f"results-{r.precision}-{b}"))
-                   for r in runners for b in config.batches]
+        configs = []
+        for r, net in zip(runners, nets, strict=True):
+            variants = [SafetyNet(envelope=net.envelope), net] if net.fallback else [net]
+            for b in config.batches:
+                for v in variants:
+                    reruns = Reruns(v, b * _windows_per_tile(sources[0], r.contract))
+                    name = f"results-{r.precision}{'-fallback' if v.fallback else ''}-{b}"
+                    configs.append(_Configuration(r, b, runtime_pipeline(r, scratch / name, net=v, reruns=reruns),
+                                                  v, reruns))
         for cfg in configs:
             _warm_up(cfg, sources, config.warmup)
         for k, n in enumerate(config.round_sizes()):
@@ -251,12 +287,37 @@ def run_profile(config: ProfileConfig, scratch: Path) -> dict[str, Any]:
                         "accuracy": profile_report.accuracy_for(model, artefact) if model.is_dir() else None,
                         "environment": {"runner": cfg.runner.describe()}})
             configurations.append(row)
+    _throughput_costs(configurations)
     if all(c["device"] is None for c in configurations):
         notes.append("the runner reports no copy or device times (runner.last_timings): h2d/d2h are 0 and "
                      "'inference' is the host time of infer() (on ONNX Runtime CPU there are no copies)")
     return {"schema": PROFILE_SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "settings": config.to_dict(), "stages": list(STAGES), "environment": env,
             "configurations": configurations, "notes": notes}
+
+
+def _windows_per_tile(source: Path, contract: Any) -> int:
+    """Windows of one tile (the fallback batches up to a batch's windows): read once, before timing."""
+    from mosaic_edge import patching
+    from mosaic_edge.edge_runtime import pipeline as rt
+
+    try:
+        _files, tile = rt.read(Path(source), Path(source).name.removesuffix(".npz"), allow_sar_only=True)
+        sar = tile.sar if not isinstance(tile.sar, dict) else next(iter(tile.sar.values()))
+        return len(patching.windows(int(sar.shape[-2]), int(sar.shape[-1]), contract.patch_size))
+    except Exception:  # noqa: BLE001 - a bad tile fails later with its own message
+        return 1
+
+
+def _throughput_costs(configurations: list[dict[str, Any]]) -> None:
+    """``safety.throughput_cost`` of each configuration with the fallback: its throughput over that of the same
+    runner and batch without it (plain INT8)."""
+    plain = {(c["runner"], c["precision"], c["artefact"], c["batch"]): c["throughput_tiles_s"]
+             for c in configurations if not c["fallback"]}
+    for c in configurations:
+        base = plain.get((c["runner"], c["precision"], c["artefact"], c["batch"]))
+        if c["fallback"] and base:
+            c["safety"]["throughput_cost"] = c["throughput_tiles_s"] / base
 
 
 def profile_to_dir(config: ProfileConfig, out: Path) -> tuple[dict[str, Any], str]:

@@ -3,14 +3,14 @@
 Every number of ``mosaic-edge profile`` (:mod:`mosaic_edge.edge_runtime.profile_run`) and of ``benchmarks/``
 comes from :class:`StageClock`: warm-up, then timed iterations; each iteration's end-to-end host time is split
 into the stages of :data:`STAGES`, which add up to it. Each stage is a function of the runtime
-(:mod:`mosaic_edge.edge_runtime.pipeline`) timed on its own -- read, verify, prepare and the window plan per
-tile, cutting the windows into the batch, inference, postprocess, write -- so nothing is reattributed after the
-fact. Two modes:
+(:mod:`mosaic_edge.edge_runtime.pipeline`) timed on its own -- read, verify, prepare, the window plan and the
+drift check per tile, cutting the windows into the batch, inference, the INT8 fallback's re-runs, postprocess,
+write -- so nothing is reattributed after the fact. Two modes:
 
 * **latency** -- one batch at a time, every stage synchronous, so a batch's end-to-end time is what one request
   waits (:func:`measure_latency`);
 * **throughput** -- the same stages pipelined over three threads as the daemon runs them (per-tile stages |
-  cut + inference | postprocess + write); reports sustained tiles/s (:func:`measure_throughput`).
+  cut + inference + fallback | postprocess + write); reports sustained tiles/s (:func:`measure_throughput`).
 
 Host->device, device->host and the device-side inference time come from the runner when it reports them (the
 TensorRT runner's CUDA events, via ``runner.last_timings``); a host-resident backend (ONNX Runtime on CPU) has
@@ -32,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-STAGES: tuple[str, ...] = ("read", "verify", "prepare", "cut", "h2d", "inference", "d2h", "postprocess", "write")
+STAGES: tuple[str, ...] = ("read", "verify", "prepare", "cut", "drift", "h2d", "inference", "d2h", "fallback",
+                           "postprocess", "write")
 PERCENTILES: tuple[int, ...] = (10, 50, 90, 99)
 # Keys a runner may put in ``last_timings`` after ``infer`` (milliseconds of that call): the host->device and
 # device->host copies, GPU execution only, and the one-off capture + instantiation of a CUDA graph.
@@ -126,6 +127,8 @@ class Pipeline:
         postprocess: (per-tile values, runner outputs) -> result records.
         write: (records, index of the batch) -> None (the result files).
         batch_stage: The stage the ``batch`` call is timed as.
+        fallback: (per-tile values, model batch, runner outputs) -> None, run right after inference on the same
+            thread and timed as "fallback": the INT8 safety net's re-runs (None: no such stage).
     """
 
     tile_stages: tuple[tuple[str, Callable[[Any], Any]], ...]
@@ -133,6 +136,7 @@ class Pipeline:
     postprocess: Callable[[list[Any], Mapping[str, np.ndarray]], Any]
     write: Callable[[Any, int], None]
     batch_stage: str = "cut"
+    fallback: Callable[[list[Any], Mapping[str, np.ndarray], Mapping[str, np.ndarray]], None] | None = None
 
     def tile(self, source: Any, clock: StageClock | None = None) -> Any:
         """Run the per-tile stages on one source (each inside ``clock.stage`` when a clock is given)."""
@@ -178,6 +182,9 @@ def run_one(pipeline: Pipeline, runner: Any, srcs: list[Any], index: int, clock:
         with clock.stage(pipeline.batch_stage):
             batch = pipeline.batch(values)
         out = _infer_timed(runner, batch, clock)
+        if pipeline.fallback is not None:
+            with clock.stage("fallback"):
+                pipeline.fallback(values, batch, out)
         with clock.stage("postprocess"):
             records = pipeline.postprocess(values, out)
         with clock.stage("write"):
@@ -265,7 +272,10 @@ def measure_throughput(pipeline: Pipeline, runner: Any, sources: Sequence[Any], 
             if errors:
                 continue  # drain so the producer can finish
             arrays = pipeline.batch(values)
-            outbox.put((values, runner.infer(arrays)))
+            out = runner.infer(arrays)
+            if pipeline.fallback is not None:
+                pipeline.fallback(values, arrays, out)
+            outbox.put((values, out))
             batches += 1
             patches += _rows(arrays)
     except BaseException as exc:  # noqa: BLE001
@@ -285,14 +295,23 @@ def measure_throughput(pipeline: Pipeline, runner: Any, sources: Sequence[Any], 
             "t0": t0, "t1": t1}
 
 
-def runtime_pipeline(runner: Any, results_root: Path, stride: int | None = None) -> Pipeline:
+def runtime_pipeline(runner: Any, results_root: Path, stride: int | None = None, net: Any = None,
+                     reruns: Any = None) -> Pipeline:
     """The daemon's own stages (:mod:`mosaic_edge.edge_runtime.pipeline`), writing results atomically into a
-    scratch spool; each tile stage is one pipeline function, timed as itself."""
+    scratch spool; each tile stage is one pipeline function, timed as itself.
+
+    Args:
+        net: The runner's :class:`~mosaic_edge.edge_runtime.safety.SafetyNet`: its envelope adds the "drift"
+            stage per tile.
+        reruns: A :class:`~mosaic_edge.edge_runtime.safety.Reruns` over ``net``: adds the "fallback" stage (every
+            window flagged in a batch is re-run before postprocess, in batches) and keeps the counts.
+    """
     from mosaic_edge.edge_runtime import pipeline as rt
     from mosaic_edge.edge_runtime.spool import Spool
 
     spool = Spool(results_root)
     contract = runner.contract
+    check = net is not None and net.envelope is not None
 
     def read(path: Path) -> tuple[Path, Any, Any]:
         files, tile = rt.read(path, path.name.removesuffix(".npz"), allow_sar_only=True)
@@ -302,28 +321,47 @@ def runtime_pipeline(runner: Any, results_root: Path, stride: int | None = None)
         path, files, tile = value
         return path, rt.verify(files), tile
 
-    def prepare(value: tuple[Path, str, Any]) -> tuple[Path, str, Any]:
+    def prepare(value: tuple[Path, str, Any]) -> tuple[Path, str, Any, Any]:
         path, digest, tile = value
-        return path, digest, rt.prepare(tile, contract)
+        return path, digest, tile, rt.prepare(tile, contract)
 
-    def plan(value: tuple[Path, str, Any]) -> Any:
-        path, digest, prepared = value
-        return rt.cut(prepared, contract, path.name, digest, stride)
+    def plan(value: tuple[Path, str, Any, Any]) -> Any:
+        path, digest, tile, prepared = value
+        job = rt.cut(prepared, contract, path.name, digest, stride)
+        return (job, tile, prepared) if check else job
+
+    def drift(value: tuple[Any, Any, Any]) -> Any:
+        job, tile, prepared = value
+        rt.drift(job, prepared, tile, contract, net)
+        return job
 
     def batch(jobs: list[Any]) -> dict[str, np.ndarray]:
         return rt.batch_inputs(runner, sum(j.n for j in jobs), [(j, 0, j.n) for j in jobs])
 
-    def postprocess(jobs: list[Any], out: Mapping[str, np.ndarray]) -> list[tuple[str, bytes, bytes | None]]:
-        results, start = [], 0
+    def store(jobs: list[Any], out: Mapping[str, np.ndarray]) -> None:
+        start = 0
         for job in jobs:
-            rt.store_outputs(job, 0, {k: v[start:start + job.n] for k, v in out.items()})
+            if job.n_done == 0:
+                rt.store_outputs(job, 0, {k: v[start:start + job.n] for k, v in out.items()})
             start += job.n
-            results.append((job.tile_id, *rt.result_files(job, runner)))
-        return results
+
+    def fallback(jobs: list[Any], inputs: Mapping[str, np.ndarray], out: Mapping[str, np.ndarray]) -> None:
+        store(jobs, out)
+        start = 0
+        for job in jobs:
+            reruns.flag(job, job, np.arange(job.n), {k: v[start:start + job.n] for k, v in inputs.items()})
+            start += job.n
+        for _ in reruns.run(everything=True):
+            pass
+
+    def postprocess(jobs: list[Any], out: Mapping[str, np.ndarray]) -> list[tuple[str, bytes, bytes | None]]:
+        store(jobs, out)
+        return [(job.tile_id, *rt.result_files(job, runner)) for job in jobs]
 
     def write(results: list[tuple[str, bytes, bytes | None]], index: int) -> None:
         for tile_id, jsonl, geojson in results:
             spool.write_results(tile_id, jsonl, geojson)
 
-    return Pipeline((("read", read), ("verify", verify), ("prepare", prepare), ("cut", plan)), batch,
-                    postprocess, write)
+    stages = (("read", read), ("verify", verify), ("prepare", prepare), ("cut", plan))
+    return Pipeline(stages + ((("drift", drift),) if check else ()), batch, postprocess, write,
+                    fallback=fallback if reruns is not None else None)

@@ -310,6 +310,56 @@ def open_runner(model: str | Path, kind: str = "auto", precision: str | None = N
                              precision=precision, model_hash=digest, spin=spin)
 
 
+# ---- the INT8 safety net's fallback runner ------------------------------------------------------------------
+def export_manifest(model: Path) -> Manifest | None:
+    """The manifest of the export ``model`` belongs to: an export directory, or an ONNX file listed in the
+    manifest beside it; None for a file outside any export."""
+    if model.is_dir():
+        return Manifest.load(model)
+    listed = model.parent / "manifest.json"
+    if model.is_file() and listed.is_file():
+        manifest = Manifest.load(model.parent)
+        return manifest if model.name in manifest.artefacts else None
+    return None
+
+
+def open_fallback_runner(manifest: Manifest, primary: Runner, threads: int | None = None,
+                         **trt_options: Any) -> tuple[Runner | None, str]:
+    """The higher-precision runner re-running ``primary``'s borderline INT8 windows (inactive), or None and why.
+
+    The artefact is :meth:`Manifest.fallback_for` the primary's target -- fp16 built as an engine for TensorRT
+    (fp32 when the export has no fp16), fp32 for ONNX Runtime -- on the same backend and device: a TensorRT
+    runner owns its own engine, execution contexts and buffers in the device's primary context; an ONNX Runtime
+    session its own thread pool (``threads``, default the primary's), which sleeps while the primary runs (both
+    are called from one thread, one after the other).
+    """
+    if primary.kind == "trt":
+        target = "tensorrt"
+    elif isinstance(primary, OnnxRuntimeRunner):
+        target = primary.device
+    else:
+        return None, f"no fallback for a {primary.kind!r} runner"
+    path = manifest.fallback_for(target)
+    if path is None:
+        return None, f"the export has no fp16 or fp32 artefact for target {target!r} to re-run INT8 windows with"
+    art = manifest.artefacts[path.name]
+    fallback: Runner
+    if primary.kind == "trt":
+        from mosaic_edge.edge_runtime import trt_runner  # only when asked: needs TensorRT
+
+        assert manifest.root is not None
+        fallback = trt_runner.open_trt_runner(manifest.root, precision=art.precision, contract=primary.contract,
+                                              **trt_options)
+    else:
+        assert isinstance(primary, OnnxRuntimeRunner)
+        manifest.verify(path)
+        fallback = OnnxRuntimeRunner(path, manifest.contract, device=primary.device,
+                                     threads=threads or primary.threads, precision=art.precision,
+                                     model_hash=art.sha256, spin=primary.spin)
+    primary.contract.check_compatible(fallback.contract, what=f"fallback artefact {path.name}")
+    return fallback, ""
+
+
 def run_batched(runner: Runner, sar: np.ndarray, optical: np.ndarray, batch: int = 16
                 ) -> dict[str, np.ndarray]:
     """Infer ``[M, ...]`` arrays in chunks of ``batch`` (respecting ``runner.max_batch``) and concatenate."""

@@ -13,7 +13,7 @@ def export(
     out: Path = typer.Option(Path("export"), "--out", "-o", help="Output directory."),
     fp16: bool = typer.Option(False, "--fp16", help="Also write model.fp16.onnx (fp32 I/O)."),
     int8: bool = typer.Option(False, "--int8", help="Also write INT8 Q/DQ models + calib files."),
-    calib_method: str = typer.Option("entropy", "--calib-method", help="entropy | percentile | minmax."),
+    calib_method: str = typer.Option("minmax", "--calib-method", help="minmax | entropy | percentile."),
     calib_size: int = typer.Option(256, "--calib-size", help="Calibration patches (training split or --calib-data)."),
     calib_file: Path | None = typer.Option(None, "--calib-file", help="Reuse this calib.npz."),
     calib_data: list[str] = typer.Option([], "--calib-data", help="Calibrate on this data root, 'synthetic' or "

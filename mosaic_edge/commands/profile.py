@@ -28,13 +28,18 @@ def profile(
     tiles: Path | None = typer.Option(None, "--tiles", help="Folder of tiles (default: synthetic)."),
     threads: int | None = typer.Option(None, "--threads", help="ONNX Runtime intra-op threads."),
     out: Path = typer.Option(Path("profile"), "--out", help="Writes profile.json and profile.png here."),
+    fallback: bool = typer.Option(True, "--fallback/--no-fallback",
+                                  help="Also measure INT8 with its borderline fallback (share re-run, cost)."),
+    fallback_margin: float | None = typer.Option(None, "--fallback-margin",
+                                                 help="Fallback margin in logits (default: the export's policy)."),
 ) -> None:
     """Per-stage latency (p50 and p10-p90) and throughput of the runtime, per precision and batch size."""
     from mosaic_edge.edge_runtime.profile_run import ProfileConfig, profile_to_dir
 
     config = ProfileConfig(model=model, runner=runner, batches=_ints(batch),
                            precisions=tuple(p.strip() for p in precision.split(",") if p.strip()),
-                           iterations=iterations, warmup=warmup, rounds=rounds, tiles=tiles, threads=threads)
+                           iterations=iterations, warmup=warmup, rounds=rounds, tiles=tiles, threads=threads,
+                           fallback=fallback, fallback_margin=fallback_margin)
     _doc, table = profile_to_dir(config, out)
     typer.echo(table)
     typer.echo(f"wrote {out / 'profile.json'}")

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import typer
 
+FALLBACK_HELP = ("INT8 only: re-run borderline and drifted windows with the export's fp16 (TensorRT) or fp32 "
+                 "(ONNX Runtime) artefact before the tile is committed (default: on when there is one).")
+MARGIN_HELP = "Fallback margin in logits around each class threshold (default: the export's policy)."
+
 
 def serve(
     model: Path = typer.Option(..., "--model", help="Export directory (manifest.json) or an .onnx file."),
@@ -33,11 +37,14 @@ def serve(
     stall_s: float = typer.Option(300.0, "--stall-s", help="Unhealthy (/healthz 503, no systemd watchdog "
                                   "ping) when tiles wait this long without progress."),
     log_level: str = typer.Option("info", "--log-level"),
+    fallback: bool = typer.Option(True, "--fallback/--no-fallback", help=FALLBACK_HELP),
+    fallback_margin: float = typer.Option(None, "--fallback-margin", help=MARGIN_HELP),
 ) -> None:
     """Watch a spool directory and classify incoming S1/S2 tiles (results/<tile>.jsonl, .geojson)."""
     from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
     from mosaic_edge.edge_runtime.logs import setup_logging
     from mosaic_edge.edge_runtime.runner import open_runner
+    from mosaic_edge.edge_runtime.safety import open_safety_net
 
     setup_logging(log_level)
     config = ServeConfig(batch=batch, max_wait_ms=max_wait_ms, settle_s=settle_s,
@@ -45,7 +52,8 @@ def serve(
                          metrics_port=metrics_port, metrics_host=metrics_host, stall_s=stall_s, readers=readers)
     trt_options = {"engine_dir": engine_dir} if engine_dir and runner != "ort" else {}
     r = open_runner(model, kind=runner, precision=precision, threads=threads, **trt_options)
-    raise typer.Exit(Daemon(r, spool, config).run())
+    net = open_safety_net(model, r, fallback, fallback_margin, threads, **trt_options)
+    raise typer.Exit(Daemon(r, spool, config, safety=net).run())
 
 
 def predict(
@@ -57,6 +65,8 @@ def predict(
     batch: int = typer.Option(8, "--batch"),
     stride: int = typer.Option(None, "--stride"),
     threads: int = typer.Option(None, "--threads"),
+    fallback: bool = typer.Option(True, "--fallback/--no-fallback", help=FALLBACK_HELP),
+    fallback_margin: float = typer.Option(None, "--fallback-margin", help=MARGIN_HELP),
 ) -> None:
     """Classify tiles once and print JSON Lines (same pipeline as serve); exit 1 if any tile failed."""
     import sys
@@ -64,18 +74,25 @@ def predict(
     from mosaic_edge.edge_runtime.pipeline import predict_paths
     from mosaic_edge.edge_runtime.postprocess import to_jsonl
     from mosaic_edge.edge_runtime.runner import open_runner
+    from mosaic_edge.edge_runtime.safety import Reruns, open_safety_net
 
     failed = 0
     sink = open(out, "wb") if out else sys.stdout.buffer  # noqa: SIM115 - closed below
     try:
         with open_runner(model, kind=runner, precision=precision, threads=threads) as r:
-            for path, records, error in predict_paths(r, files, batch=batch, stride=stride):
-                if error is not None:
-                    failed += 1
-                    typer.echo(f"mosaic-edge: {path}: {error}", err=True)
-                else:
-                    sink.write(to_jsonl(records or []))
-                    sink.flush()
+            net = open_safety_net(model, r, fallback, fallback_margin, threads)
+            reruns = Reruns(net, batch)
+            with net:
+                for path, records, error in predict_paths(r, files, batch=batch, stride=stride, net=net,
+                                                          reruns=reruns):
+                    if error is not None:
+                        failed += 1
+                        typer.echo(f"mosaic-edge: {path}: {error}", err=True)
+                    else:
+                        sink.write(to_jsonl(records or []))
+                        sink.flush()
+            if net.envelope is not None or net.fallback:
+                typer.echo(f"mosaic-edge: {reruns.summary()}", err=True)
     finally:
         if out:
             sink.close()

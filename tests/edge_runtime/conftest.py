@@ -8,7 +8,11 @@ import pytest
 
 from mosaic_edge.contract import Contract
 from mosaic_edge.data.sources import DataSpec
-from tests.support.runtime import tiny_contract, write_tiny_export
+from tests.support.runtime import tiny_contract, write_safety_export, write_tiny_export
+
+# The safety export's INT8 logits are the fp32 ones +-SAFETY_SHIFT (alternating per class); its fallback margin
+# is SAFETY_SHIFT + 0.01, so every window whose decision could flip is re-run.
+SAFETY_SHIFT = 0.05
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +23,13 @@ def contract() -> Contract:
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory: pytest.TempPathFactory, contract: Contract) -> Path:
     return write_tiny_export(tmp_path_factory.mktemp("tiny_export"), contract)
+
+
+@pytest.fixture(scope="session")
+def safety_export(tmp_path_factory: pytest.TempPathFactory, contract: Contract) -> Path:
+    """The tiny export with the INT8 safety net (:func:`tests.support.runtime.write_safety_export`)."""
+    return write_safety_export(tmp_path_factory.mktemp("safety_export"), contract, margin=SAFETY_SHIFT + 0.01,
+                               shift=SAFETY_SHIFT)
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import tifffile
 from mosaic_edge import tile_format as tiles_mod
 from mosaic_edge.edge_runtime.daemon import Daemon, ServeConfig
 from mosaic_edge.edge_runtime.runner import open_runner
+from mosaic_edge.edge_runtime.safety import open_safety_net
 from mosaic_edge.edge_runtime.spool import valid_tile_id
 from tests.support.runtime import raw_tile, read_results, write_geotiff_tile, write_npz_tile
 
@@ -181,8 +182,10 @@ def _wait(pred, timeout=30.0):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("readers", [1, 3])
-def test_bad_tiles_fail_with_reasons_while_serving(tmp_path, tiny_onnx, monkeypatch, readers):
+@pytest.mark.parametrize("readers, fallback", [(1, False), (3, False), (2, True)])
+def test_bad_tiles_fail_with_reasons_while_serving(tmp_path, tiny_onnx, safety_export, monkeypatch, readers,
+                                                   fallback):
+    """``fallback``: INT8 with the safety net (drift checks, re-runs) answers the same corpus the same way."""
     spool = tmp_path / "spool"
     inc = spool / "incoming"
     inc.mkdir(parents=True)
@@ -195,7 +198,12 @@ def test_bad_tiles_fail_with_reasons_while_serving(tmp_path, tiny_onnx, monkeypa
 
     monkeypatch.setattr(tiles_mod, "_read_file", vanishing_read)
     cfg = ServeConfig(settle_s=0.2, poll_s=0.05, max_wait_ms=5, partner_timeout_s=0.5, readers=readers)
-    daemon = Daemon(open_runner(tiny_onnx, kind="ort", threads=1), spool, cfg)
+    if fallback:
+        runner = open_runner(safety_export, kind="ort", device="cpu", precision="int8", threads=1)
+        daemon = Daemon(runner, spool, cfg, safety=open_safety_net(safety_export, runner, threads=1))
+        assert daemon.safety.fallback
+    else:
+        daemon = Daemon(open_runner(tiny_onnx, kind="ort", threads=1), spool, cfg)
     thread = threading.Thread(target=daemon.run)
     thread.start()
     try:
@@ -224,6 +232,9 @@ def test_bad_tiles_fail_with_reasons_while_serving(tmp_path, tiny_onnx, monkeypa
     assert (tmp_path / "outside" / "secret.npz").is_file()  # the symlink target was neither moved nor read
     assert (spool / "failed" / "link.npz").is_symlink()
     assert daemon.metrics.counters["tiles_failed"] == len(BAD)
+    if fallback:
+        records = [r for rs in read_results(spool).values() for r in rs]
+        assert {r["answered_by"] for r in records} <= {"int8", "fp32"} and all("drift" in r for r in records)
 
 
 def test_resent_tile_is_a_duplicate(tmp_path, tiny_onnx):

@@ -26,7 +26,14 @@ from mosaic_edge.edge_runtime import cuda_adapter, trt_runner
 from mosaic_edge.errors import ContractMismatchError, OptionalDependencyError, UserError
 from mosaic_edge.manifest import Manifest
 from tests.support import fake_cuda, fake_trt
-from tests.support.runtime import TINY_PATCH, tiny_contract, write_npz_tile, write_tiny_export, write_tiny_onnx
+from tests.support.runtime import (
+    TINY_PATCH,
+    read_results,
+    tiny_contract,
+    write_npz_tile,
+    write_tiny_export,
+    write_tiny_onnx,
+)
 
 BACKENDS = ("cuda-python", "pycuda")
 
@@ -432,3 +439,40 @@ def test_real_tensorrt_builds_and_runs_a_qdq_model(tmp_path: Path) -> None:
                                     opt_batch=4) as r:
         out = r.infer(batch)
     assert np.abs(out["logits"] - ref["logits"]).max() < 0.1 * np.abs(ref["logits"]).max() + 1e-3
+
+
+def test_int8_engine_with_its_fp16_fallback_engine_in_one_process(gpu, trt_export: Path, tmp_path: Path) -> None:
+    """serve --runner trt --precision int8: the fp16 artefact is built as a second engine, re-runs the borderline
+    windows, and both runners release everything in the one primary context."""
+    import shutil
+
+    from mosaic_edge.cli import main
+    from mosaic_edge.envelope import build_envelope
+    from mosaic_edge.export.fp16 import convert_fp16
+    from mosaic_edge.fallback import FallbackPolicy
+    from tests.support.runtime import envelope_windows
+
+    export = tmp_path / "export"
+    shutil.copytree(trt_export, export)
+    convert_fp16(export / "model.onnx", export / "model.fp16.onnx")
+    m = Manifest.load(export).with_artefact("model.fp16.onnx", "fp16", "any")
+    art = m.artefacts["model.int8.onnx"]
+    m = m.with_artefact("model.int8.onnx", "int8", "tensorrt", opset=art.opset, fallback=FallbackPolicy(100.0))
+    contract = tiny_contract()
+    m.with_calibration(build_envelope(*envelope_windows(contract), contract), {"n": 96}).save()
+    spool = tmp_path / "spool"
+    for i in range(3):
+        write_npz_tile(spool / "incoming" / f"t{i}.npz", 32, 32, seed=i)
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--model", str(export), "--spool", str(spool), "--runner", "trt", "--precision", "int8",
+              "--engine-dir", str(tmp_path / "e"), "--settle-s", "0", "--poll-s", "0.05", "--max-wait-ms", "5",
+              "--once", "--batch", "8"])
+    assert info.value.code == 0
+    records = [r for rs in read_results(spool).values() for r in rs]  # the window records
+    assert len(records) == 12 and {r["precision"] for r in records} == {"int8"}
+    # a margin of 100 logits: every window is borderline, so the fp16 engine answers all of them
+    assert {r["answered_by"] for r in records} == {"fp16"} and {r["rerun"] for r in records} <= {
+        "borderline", "borderline+drifted"}
+    engines = sorted(p.name for p in (tmp_path / "e").rglob("*.engine"))
+    assert len(engines) == 2, engines  # the INT8 and the fp16 engine, each cached under its own key
+    # the fixture checks: both runners left nothing behind, pycuda's stacks are empty on every thread

@@ -155,3 +155,56 @@ def serve_once(model: Path, spool: Path, **config) -> object:
     daemon = Daemon(open_runner(model, kind="ort", device="cpu", threads=1), spool, ServeConfig(**cfg))
     assert daemon.run() == 0
     return daemon
+
+
+# ---- an export with the INT8 safety net --------------------------------------------------------------------
+def perturb_logits(src: Path, dest: Path, delta: np.ndarray) -> Path:
+    """A copy of a tiny ONNX model whose ``logits`` and ``logits_sar`` are shifted by ``delta`` [C] (per class):
+    an "INT8" artefact whose answers differ from the fp32 ones on purpose, by a known amount."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    for name in ("logits", "logits_sar"):
+        raw = f"{name}_unperturbed"
+        for node in graph.node:
+            node.input[:] = [raw if i == name else i for i in node.input]
+            node.output[:] = [raw if o == name else o for o in node.output]
+        graph.initializer.append(numpy_helper.from_array(np.asarray(delta, np.float32), f"{name}_delta"))
+        graph.node.append(helper.make_node("Add", [raw, f"{name}_delta"], [name]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dest))
+    return dest
+
+
+def envelope_windows(contract: Contract, n: int = 96, seed: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Raw calibration windows [n, 2, P, P] / [n, 12, P, P] like :func:`raw_tile`'s tiles."""
+    p = contract.patch_size
+    pairs = [raw_tile(p, p, seed + i) for i in range(n)]
+    return (np.stack([s for s, _ in pairs]).astype(np.float32),
+            np.stack([o for _, o in pairs]).astype(np.float32))
+
+
+def write_safety_export(out: Path, contract: Contract, margin: float | None = 0.31, shift: float = 0.3,
+                        envelope: bool = True) -> Path:
+    """An export directory with the INT8 safety net: fp32 ``model.onnx``, the two INT8 artefacts = the fp32 model
+    with every logit shifted by +-``shift`` (alternating per class), each with a fallback policy of ``margin``
+    (None: none), and the calibration envelope of :func:`envelope_windows` (``envelope``)."""
+    from mosaic_edge.envelope import build_envelope
+    from mosaic_edge.fallback import FallbackPolicy
+    from mosaic_edge.manifest import Manifest
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_tiny_onnx(out / "model.onnx", contract, 0)
+    delta = np.where(np.arange(contract.num_classes) % 2 == 0, shift, -shift)
+    manifest = Manifest.create(contract, out).with_artefact("model.onnx", "fp32", "any")
+    policy = FallbackPolicy(margin) if margin is not None else None
+    for name, target in (("model.int8.onnx", "tensorrt"), ("model.int8-cpu.onnx", "cpu")):
+        perturb_logits(out / "model.onnx", out / name, delta)
+        manifest = manifest.with_artefact(name, "int8", target, fallback=policy)
+    if envelope:
+        manifest = manifest.with_calibration(build_envelope(*envelope_windows(contract), contract),
+                                             {"n": 96, "method": "test"})
+    manifest.save()
+    return out
