@@ -7,7 +7,7 @@ makes it wait (back-pressure up to the reader). Whatever has queued up is commit
 1. each tile's result files are written atomically (temp file, fsync, rename; ``.jsonl`` last, see
    :meth:`~mosaic_edge.edge_runtime.spool.Spool.write_results`), pausing with back-off while the disk is full;
    the tiles of a group are written by a few threads at once, because concurrent fsyncs share the file
-   system's journal commits (ext4 on the 2-core test VM: ~6 ms per file one after another, ~1 ms with 8);
+   system's journal commits (on ext4 several times cheaper per file than one after another);
 2. one fsync of ``results/`` makes all those renames durable — only now may any input move;
 3. each input is renamed into ``done/``, then one fsync of ``done/`` and ``incoming/``.
 

@@ -13,7 +13,7 @@ and passes, sliced to the batch, to :meth:`Runner.infer`.
 Artefact choice: given an export directory (``manifest.json`` beside the ONNX files), the ONNX Runtime runner
 takes the artefact meant for its target — on CPU the ``target: "cpu"`` INT8 artefact
 (``model.int8-cpu.onnx``), never the TensorRT-style Q/DQ one, which is slow there. ``kind="trt"`` delegates to
-:func:`mosaic_edge.edge_runtime.trt_runner.open_trt_runner` (TRT helper), imported only when asked for.
+:func:`mosaic_edge.edge_runtime.trt_runner.open_trt_runner`, imported only when asked for.
 
 This module never imports torch (tested in a subprocess).
 """

@@ -126,7 +126,7 @@ def build_residual_onnx(path: Path, num_classes: int = 19, seed: int = 0) -> Pat
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    helper.set_model_props(model, {"mosaic_edge.contract": tiny_contract().to_json()})
+    helper.set_model_props(model, tiny_contract().to_metadata())
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
