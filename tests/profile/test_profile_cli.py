@@ -215,3 +215,20 @@ def test_trt_path_splits_copies_and_names_the_tensorrt_artefact(profile_export, 
     assert cfg["stages"]["d2h"]["p50_ms"] == pytest.approx(0.02)
     assert cfg["device"]["p50_ms"] == pytest.approx(0.1)
     assert not any("no copy or device times" in n for n in doc["notes"])
+
+
+def test_synthetic_profile_tiles_are_benchmark_patches_not_noise(tmp_path):
+    from mosaic_edge.contract import S2_BANDS
+    from mosaic_edge.edge_runtime.profile_run import write_synthetic_tiles
+    from mosaic_edge.tile_format import read_tile
+
+    paths = write_synthetic_tiles(tmp_path / "a", patch=16, n=3, seed=1)  # 16 px: generated at 18, cropped
+    again = write_synthetic_tiles(tmp_path / "b", patch=16, n=3, seed=1)
+    for p, q in zip(paths, again, strict=True):
+        assert p.read_bytes() == q.read_bytes()  # deterministic
+    tile = read_tile(paths[0])
+    assert tile.sar.shape == (2, 16, 16) and tile.optical.shape == (12, 16, 16) and tile.optical.dtype == np.uint16
+    assert -40 < float(tile.sar.mean()) < 0  # backscatter in dB
+    nir, red = S2_BANDS.index("B08"), S2_BANDS.index("B04")
+    means = tile.optical.reshape(12, -1).mean(1)
+    assert means[nir] != means[red] and means.std() > 50  # land-cover spectra, not one noise level
