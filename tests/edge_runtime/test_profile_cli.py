@@ -36,9 +36,9 @@ def _report(export: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def profiled(profile_export: Path, tmp_path_factory: pytest.TempPathFactory):
+def profiled(tiny_export: Path, tmp_path_factory: pytest.TempPathFactory):
     export = tmp_path_factory.mktemp("export_with_report")
-    shutil.copytree(profile_export, export, dirs_exist_ok=True)
+    shutil.copytree(tiny_export, export, dirs_exist_ok=True)
     _report(export)
     out = tmp_path_factory.mktemp("profile_out")
     with pytest.raises(SystemExit) as exc:  # typer exits 0 after a command
@@ -104,7 +104,7 @@ def test_table_lists_every_configuration(profiled, capsys):
     assert "model.int8-cpu.onnx" in table and "-0.40" in table
 
 
-def test_configurations_take_turns_in_rounds(profile_export, tmp_path, monkeypatch):
+def test_configurations_take_turns_in_rounds(tiny_export, tmp_path, monkeypatch):
     """Rounds interleave the configurations, so drifting load cannot favour the one that ran first."""
     from mosaic_edge.edge_runtime import runner as runner_mod
     from mosaic_edge.edge_runtime.profile_run import ProfileConfig, run_profile
@@ -119,7 +119,7 @@ def test_configurations_take_turns_in_rounds(profile_export, tmp_path, monkeypat
         return r
 
     monkeypatch.setattr(runner_mod, "open_runner", logging_open)
-    doc = run_profile(ProfileConfig(model=profile_export, precisions=("fp32", "int8"), batches=(1,),
+    doc = run_profile(ProfileConfig(model=tiny_export, precisions=("fp32", "int8"), batches=(1,),
                                     iterations=4, warmup=0, rounds=2, threads=1), tmp_path)
     blocks = [p for i, p in enumerate(calls) if i == 0 or calls[i - 1] != p]
     # round 1: fp32 then int8; round 2 starts with int8 (the order rotates), then fp32 again
@@ -149,17 +149,17 @@ def test_schema_validation_rejects_broken_documents(profiled):
         validate_profile(broken)
 
 
-def test_accuracy_lookup_without_report(profile_export):
-    assert accuracy_for(profile_export, "model.onnx") is None
+def test_accuracy_lookup_without_report(tiny_export):
+    assert accuracy_for(tiny_export, "model.onnx") is None
 
 
-def test_user_errors_exit_2(profile_export, tmp_path, capsys):
+def test_user_errors_exit_2(tiny_export, tmp_path, capsys):
     for args in (["--batch", "1,x"], ["--precision", "fp8"], ["--runner", "tpu"]):
         with pytest.raises(SystemExit) as exc:
-            main(["profile", str(profile_export), *args, "--out", str(tmp_path)])
+            main(["profile", str(tiny_export), *args, "--out", str(tmp_path)])
         assert exc.value.code == 2
     with pytest.raises(SystemExit) as exc:  # one file cannot be compared across precisions
-        main(["profile", str(profile_export / "model.onnx"), "--precision", "fp32,int8",
+        main(["profile", str(tiny_export / "model.onnx"), "--precision", "fp32,int8",
               "--out", str(tmp_path)])
     assert exc.value.code == 2
     assert "mosaic-edge: error:" in capsys.readouterr().err
@@ -195,7 +195,7 @@ class _TrtLike:
         return {"kind": self.kind, "precision": self.precision}
 
 
-def test_trt_path_splits_copies_and_names_the_tensorrt_artefact(profile_export, tmp_path, monkeypatch):
+def test_trt_path_splits_copies_and_names_the_tensorrt_artefact(tiny_export, tmp_path, monkeypatch):
     from mosaic_edge.edge_runtime import runner as runner_mod
     from mosaic_edge.edge_runtime.profile_run import ProfileConfig, run_profile
 
@@ -206,7 +206,7 @@ def test_trt_path_splits_copies_and_names_the_tensorrt_artefact(profile_export, 
         return _TrtLike(real_open(model, kind="ort", precision="fp32", threads=1), precision)
 
     monkeypatch.setattr(runner_mod, "open_runner", fake_open)
-    doc = run_profile(ProfileConfig(model=profile_export, runner="trt", precisions=("int8",), batches=(2,),
+    doc = run_profile(ProfileConfig(model=tiny_export, runner="trt", precisions=("int8",), batches=(2,),
                                     iterations=3, warmup=1), tmp_path)
     validate_profile(doc)
     (cfg,) = doc["configurations"]
