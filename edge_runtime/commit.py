@@ -32,7 +32,7 @@ from mosaic_edge.edge_runtime.runner import Runner
 from mosaic_edge.edge_runtime.spool import DISK_FULL, Spool
 
 if TYPE_CHECKING:
-    from mosaic_edge.edge_runtime.daemon import InFlight
+    from mosaic_edge.edge_runtime.intake import InFlight
 
 log = get_logger()
 _CLOSE: Any = object()
