@@ -60,13 +60,26 @@ def windows(spec: str, contract: Contract, limit: int | None) -> dict[str, np.nd
             "sar": np.stack(sar), "optical": np.stack(opt)}
 
 
+def model_inputs(data: dict[str, np.ndarray], contract: Contract) -> dict[str, np.ndarray]:
+    """The windows in the artefacts' input form: raw units (non-finite values as the band mean, as the runtime
+    fills them) for a raw-input export, else standardised."""
+    if contract.input_form != "raw":
+        return {"sar": data["sar"], "optical": data["optical"]}
+    out = {}
+    for name, mean in (("sar", contract.sar_mean), ("optical", contract.optical_mean)):
+        x = np.asarray(data[f"raw_{name}"], dtype=np.float32)
+        fill = np.broadcast_to(np.asarray(mean, np.float32)[None, :, None, None], x.shape)
+        out[name] = np.where(np.isfinite(x), x, fill)
+    return out
+
+
 def evaluate(export: Path, data: dict[str, np.ndarray], timing: bool) -> dict[str, Any]:
     from mosaic_edge.export.parity import run_onnx
     from mosaic_edge.fallback import needs_fallback
 
     manifest = Manifest.load(export)
     contract, env = manifest.contract, manifest.envelope
-    inputs = {"sar": data["sar"], "optical": data["optical"]}
+    inputs = model_inputs(data, contract)
     z32 = run_onnx(export / "model.onnx", inputs)["logits"]
     d32 = contract.decide(z32)
     check = env.check(data["raw_sar"], data["raw_optical"]) if env else None
@@ -82,7 +95,7 @@ def evaluate(export: Path, data: dict[str, np.ndarray], timing: bool) -> dict[st
                "agreement": float((final == d32).mean()), "rerun": float(rerun.mean()),
                "oracle_rerun_995": _oracle(wrong, d32.size, 0.995), "oracle_rerun_999": _oracle(wrong, d32.size, 0.999)}
         if timing:
-            row.update(_timing(export, name, data, rerun, env))
+            row.update(_timing(export, name, data, inputs, rerun, env))
         out[name] = row
     return out
 
@@ -95,14 +108,15 @@ def _oracle(wrong: np.ndarray, decisions: int, target: float) -> float:
     return float(np.argmax(left <= allowed + 1e-9) / len(wrong))
 
 
-def _timing(export: Path, name: str, data: dict[str, np.ndarray], rerun: np.ndarray, env: Any,
+def _timing(export: Path, name: str, data: dict[str, np.ndarray], inputs: dict[str, np.ndarray],
+            rerun: np.ndarray, env: Any,
             batch: int = 32, rounds: int = 15) -> dict[str, float]:
     """Median seconds per window: INT8 alone, and INT8 + drift check + fp32 on the re-run share (interleaved)."""
     from mosaic_edge.export.parity import ort_session
 
     s8, s32 = ort_session(export / name, threads=1), ort_session(export / "model.onnx", threads=1)
     n = min(batch, len(rerun))
-    x = {"sar": data["sar"][:n], "optical": data["optical"][:n]}
+    x = {key: v[:n] for key, v in inputs.items()}
     k = max(int(round(rerun.mean() * n)), 0)
     xr = {key: v[:k] for key, v in x.items()}
     for sess in (s8, s32):
