@@ -1,9 +1,10 @@
 """The spool daemon behind ``mosaic-edge serve``: three threads joined by bounded queues.
 
-* reader (:class:`~mosaic_edge.edge_runtime.intake.Intake`): watches ``incoming/`` (inotify via ``inotify_simple`` when importable, else polling), reads, verifies
-  and prepares ready tiles (:mod:`~mosaic_edge.edge_runtime.pipeline`: one read per file, the SHA-256 from
-  those bytes, whole-tile inputs in the artefact's input form) -- ``readers`` tiles at a time, since decoding
-  and hashing release the GIL -- and queues them (at most ``queue_tiles`` ahead of inference);
+* reader (:class:`~mosaic_edge.edge_runtime.intake.Intake`): watches ``incoming/`` (inotify via ``inotify_simple``
+  when importable, else polling), reads, verifies and prepares ready tiles
+  (:mod:`~mosaic_edge.edge_runtime.pipeline`: one read per file, the SHA-256 from those bytes, whole-tile inputs
+  in the artefact's input form) -- ``readers`` tiles at a time, since decoding and hashing release the GIL -- and
+  queues them (at most ``queue_tiles`` ahead of inference);
 * inference (the thread calling :meth:`Daemon.run`): gathers patches into batches of up to ``batch`` or
   whatever arrived within ``max_wait_ms`` of the first one, cuts their windows straight into the runner's
   input buffers, runs the runner, and hands finished tiles on;

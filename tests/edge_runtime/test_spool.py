@@ -154,7 +154,8 @@ def test_unmovable_entry_is_skipped_and_reported_once(tmp_path, tiny_onnx, monke
     assert sorted(os.listdir(spool / "failed")) == ["bad.npz", "bad.npz.reason"]
 
 
-def _count_scans(daemon: Daemon, seconds: float) -> int:
+def _counting_scans(daemon: Daemon) -> list[int]:
+    """Count the daemon's spool scans from now on: the returned list's one item."""
     calls = [0]
     real = daemon.spool.poll
 
@@ -163,6 +164,12 @@ def _count_scans(daemon: Daemon, seconds: float) -> int:
         return real(*a, **kw)
 
     daemon.spool.poll = counting  # type: ignore[method-assign]
+    return calls
+
+
+def _count_scans(daemon: Daemon, seconds: float) -> int:
+    real = daemon.spool.poll
+    calls = _counting_scans(daemon)
     time.sleep(seconds)
     daemon.spool.poll = real  # type: ignore[method-assign]
     return calls[0]
@@ -354,14 +361,7 @@ def test_spool_removed_or_replaced_while_running(tmp_path, tiny_onnx, log_lines,
             assert time.time() < deadline
             time.sleep(0.02)
         time.sleep(0.3)  # the writer's closing fsync of done/ and incoming/ follows the counter
-        calls = [0]
-        real = daemon.spool.poll
-
-        def counting(*a, **kw):
-            calls[0] += 1
-            return real(*a, **kw)
-
-        daemon.spool.poll = counting  # type: ignore[method-assign]
+        calls = _counting_scans(daemon)
         if how == "incoming_removed":
             shutil.rmtree(spool / "incoming")
         elif how == "spool_replaced":

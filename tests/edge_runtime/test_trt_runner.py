@@ -31,8 +31,8 @@ from tests.support.runtime import (
     read_results,
     tiny_contract,
     write_npz_tile,
-    write_tiny_export,
     write_tiny_onnx,
+    write_trt_int8_export,
 )
 
 BACKENDS = ("cuda-python", "pycuda")
@@ -59,21 +59,7 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def trt_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An export directory as ``export --int8`` writes it: fp32, the TensorRT Q/DQ artefact (fp16 base, opset 19),
     the CPU one, and calib.cache (header of TensorRT 10.3)."""
-    from mosaic_edge.calibration.quantize import quantize_qdq
-    from mosaic_edge.trt_calib_cache import write_calib_cache
-
-    contract = tiny_contract()
-    out = write_tiny_export(tmp_path_factory.mktemp("x") / "export", contract)
-    rng = np.random.default_rng(0)
-    calib = {"sar": rng.normal(size=(16, 2, TINY_PATCH, TINY_PATCH)).astype(np.float32),
-             "optical": rng.normal(size=(16, 12, TINY_PATCH, TINY_PATCH)).astype(np.float32)}
-    q = quantize_qdq(out / "model.onnx", out / "model.int8.onnx", calib, "minmax", "tensorrt")
-    write_calib_cache(out / "calib.cache", q.amax)
-    m = Manifest.load(out)
-    m = m.with_artefact("model.int8.onnx", "int8", "tensorrt", opset=19).with_file("calib.cache",
-                                                                                    "tensorrt-calib-cache")
-    m.save()
-    return out
+    return write_trt_int8_export(tmp_path_factory.mktemp("x") / "export", tiny_contract())
 
 
 def _on_threads(*steps) -> list:

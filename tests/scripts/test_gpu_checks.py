@@ -8,7 +8,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from scripts import gpu_check
@@ -17,7 +16,7 @@ from scripts.gpu_checks import profile as profile_check
 from scripts.gpu_checks import tensorrt as trt_check
 from scripts.gpu_checks import train as train_check
 from tests.support import fake_cuda, fake_trt
-from tests.support.runtime import TINY_PATCH, tiny_contract, write_tiny_export
+from tests.support.runtime import tiny_contract, write_trt_int8_export
 
 REPO = Path(__file__).resolve().parents[2]
 LIBRARY = ("mosaic_edge", "train", "export", "calibration", "edge_runtime")
@@ -86,25 +85,8 @@ def test_adapter_check_on_the_stand_ins(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.fixture(scope="module")
 def check_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """fp32, fp16, the TensorRT INT8 artefact and calib.npz, as `export --fp16 --int8` writes them."""
-    from mosaic_edge.calibration import save_calibration_set
-    from mosaic_edge.calibration.quantize import quantize_qdq
-    from mosaic_edge.export.fp16 import convert_fp16
-    from mosaic_edge.manifest import Manifest
-    from mosaic_edge.trt_calib_cache import write_calib_cache
-
-    contract = tiny_contract()
-    out = write_tiny_export(tmp_path_factory.mktemp("x") / "export", contract)
-    rng = np.random.default_rng(0)
-    calib = {"sar": rng.normal(size=(16, 2, TINY_PATCH, TINY_PATCH)).astype(np.float32),
-             "optical": rng.normal(size=(16, 12, TINY_PATCH, TINY_PATCH)).astype(np.float32)}
-    q = quantize_qdq(out / "model.onnx", out / "model.int8.onnx", calib, "minmax", "tensorrt")
-    write_calib_cache(out / "calib.cache", q.amax)
-    convert_fp16(out / "model.onnx", out / "model.fp16.onnx")
-    save_calibration_set(out / "calib.npz", calib, contract)
-    m = Manifest.load(out).with_artefact("model.int8.onnx", "int8", "tensorrt", opset=19)
-    m = m.with_artefact("model.fp16.onnx", "fp16", "any", opset=17).with_file("calib.npz", "calibration-set")
-    m.with_file("calib.cache", "tensorrt-calib-cache").save()
-    return out
+    return write_trt_int8_export(tmp_path_factory.mktemp("x") / "export", tiny_contract(), fp16=True,
+                                 calib_npz=True)
 
 
 @pytest.mark.parametrize("version", fake_trt.VERSIONS)

@@ -56,12 +56,7 @@ def build_tiny_onnx(path: Path, num_classes: int = 19, seed: int = 0) -> Path:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes])],
         inits,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    helper.set_model_props(model, tiny_contract().to_metadata())
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return path
+    return _save(graph, path)
 
 
 def heavy_tailed_calib(n: int = 48, seed: int = 1) -> dict[str, np.ndarray]:
@@ -124,6 +119,11 @@ def build_residual_onnx(path: Path, num_classes: int = 19, seed: int = 0) -> Pat
         [helper.make_tensor_value_info("sar", TensorProto.FLOAT, ["N", 2, PATCH, PATCH]),
          helper.make_tensor_value_info("optical", TensorProto.FLOAT, ["N", 12, PATCH, PATCH])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", num_classes])], inits)
+    return _save(graph, path)
+
+
+def _save(graph: Any, path: Path) -> Path:
+    """Save ``graph`` as an opset-17 model carrying the tiny contract's metadata (checked first)."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     helper.set_model_props(model, tiny_contract().to_metadata())

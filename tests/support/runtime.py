@@ -88,6 +88,35 @@ def write_tiny_export(out: Path, contract: Contract) -> Path:
     return out
 
 
+def write_trt_int8_export(out: Path, contract: Contract, fp16: bool = False, calib_npz: bool = False) -> Path:
+    """:func:`write_tiny_export` with a real TensorRT Q/DQ artefact as ``export --int8`` writes it (minmax
+    calibration on 16 random patches, opset 19) and its calib.cache (TensorRT 10.3 header); ``fp16`` adds
+    model.fp16.onnx, ``calib_npz`` the calibration set."""
+    from mosaic_edge.calibration import save_calibration_set
+    from mosaic_edge.calibration.quantize import quantize_qdq
+    from mosaic_edge.manifest import Manifest
+    from mosaic_edge.trt_calib_cache import write_calib_cache
+
+    write_tiny_export(out, contract)
+    rng = np.random.default_rng(0)
+    p = contract.patch_size
+    calib = {"sar": rng.normal(size=(16, 2, p, p)).astype(np.float32),
+             "optical": rng.normal(size=(16, 12, p, p)).astype(np.float32)}
+    q = quantize_qdq(out / "model.onnx", out / "model.int8.onnx", calib, "minmax", "tensorrt")
+    write_calib_cache(out / "calib.cache", q.amax)
+    m = Manifest.load(out).with_artefact("model.int8.onnx", "int8", "tensorrt", opset=19)
+    if fp16:
+        from mosaic_edge.export.fp16 import convert_fp16
+
+        convert_fp16(out / "model.onnx", out / "model.fp16.onnx")
+        m = m.with_artefact("model.fp16.onnx", "fp16", "any", opset=17)
+    if calib_npz:
+        save_calibration_set(out / "calib.npz", calib, contract)
+        m = m.with_file("calib.npz", "calibration-set")
+    m.with_file("calib.cache", "tensorrt-calib-cache").save()
+    return out
+
+
 # ---- tile writers ------------------------------------------------------------------------------------------
 def raw_tile(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Plausible raw S1 (dB, float32) and S2 (reflectance x 1e4, uint16) arrays of one tile."""
