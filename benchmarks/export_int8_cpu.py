@@ -101,11 +101,13 @@ def write_section(results: Path, text: str, append: bool = False) -> None:
 
 
 def main() -> None:
+    from mosaic_edge.export.pipeline import ExportConfig
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", type=Path)
     ap.add_argument("--out", type=Path, default=Path("runs/export-bench"))
     ap.add_argument("--reuse", action="store_true", help="Benchmark the artefacts already in --out.")
-    ap.add_argument("--calib-method", default="entropy")
+    ap.add_argument("--calib-method", default=ExportConfig.calib_method)
     ap.add_argument("--calib-size", type=int, default=256)
     ap.add_argument("--eval-data", action="append", default=[])
     ap.add_argument("--max-map-drop", type=float, default=1.0)
