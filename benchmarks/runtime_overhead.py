@@ -29,9 +29,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -113,16 +115,74 @@ def bare_runner_rate(runner, windows: dict[str, np.ndarray], batch: int, tiles: 
     return {"tiles": tiles, "windows": n, "seconds": seconds, "cpu_s": cpu_s, "tiles_s": tiles / seconds}
 
 
-def daemon_rate(runner, spool_root: Path, batch: int, n_tiles: int, max_wait_ms: float, **config) -> dict:
-    """tiles/s of the daemon draining ``spool_root/incoming`` (``once`` mode, runner already active)."""
+class ThreadCpu:
+    """CPU seconds per thread of this process while it runs, by thread name (Linux ``/proc/self/task``).
+
+    A sampler thread reads every thread's ``utime + stime`` every ``period`` seconds, so threads that end before
+    :meth:`stop` are counted up to their last sample; threads without a Python name (ONNX Runtime's pool) are
+    "native", numbered pool threads ("result-write_3") are summed under their prefix.
+    """
+
+    def __init__(self, period: float = 0.02):
+        self.period, self._tick = period, os.sysconf("SC_CLK_TCK")
+        self._first: dict[str, int] = {}
+        self._last: dict[str, int] = {}
+        self._names: dict[str, str] = {}
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, name="thread-cpu-sampler", daemon=True)
+
+    def _read(self) -> dict[str, int]:
+        ticks = {}
+        for tid in os.listdir("/proc/self/task"):
+            try:
+                fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # ended meanwhile
+            ticks[tid] = int(fields[11]) + int(fields[12])
+        return ticks
+
+    def _sample(self) -> None:
+        while not self._done.wait(self.period):
+            self._names.update({str(t.native_id): t.name for t in threading.enumerate()})
+            self._last.update(self._read())
+
+    def start(self) -> ThreadCpu:
+        self._names.update({str(t.native_id): t.name for t in threading.enumerate()})
+        self._first = self._read()
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, float]:
+        self._done.set()
+        self._thread.join()
+        self._last.update(self._read())
+        out: dict[str, float] = {}
+        for tid, ticks in self._last.items():
+            name = self._names.get(tid, "native")
+            if name == self._thread.name:
+                continue
+            label = re.sub(r"_\d+$", "", name)
+            out[label] = out.get(label, 0.0) + (ticks - self._first.get(tid, 0)) / self._tick
+        return out
+
+
+def daemon_rate(runner, spool_root: Path, batch: int, n_tiles: int, max_wait_ms: float,
+                thread_cpu: bool = False, **config) -> dict:
+    """tiles/s of the daemon draining ``spool_root/incoming`` (``once`` mode, runner already active); with
+    ``thread_cpu`` also CPU seconds per thread name (:class:`ThreadCpu`)."""
     daemon = _quiet_daemon(runner, spool_root, batch, max_wait_ms, **config)
+    sampler = ThreadCpu().start() if thread_cpu else None
     t0, cpu0 = time.perf_counter(), time.process_time()
     code = daemon.run()
     seconds, cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
+    threads = sampler.stop() if sampler else None
     results = sorted((spool_root / "results").glob("*.jsonl"))
     if code != 0 or len(results) != n_tiles:
         raise SystemExit(f"daemon exit {code}: {len(results)} results of {n_tiles} tiles")
-    return {"tiles": len(results), "seconds": seconds, "cpu_s": cpu_s, "tiles_s": len(results) / seconds}
+    out = {"tiles": len(results), "seconds": seconds, "cpu_s": cpu_s, "tiles_s": len(results) / seconds}
+    if threads is not None:
+        out["thread_cpu_s"] = threads
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     ap.add_argument("--serve", action="append", default=[], metavar="KEY=INT",
-                    help="ServeConfig field of the daemon, e.g. host_nice=5 (repeatable)")
+                    help="ServeConfig field of the daemon, e.g. readers=2 (repeatable)")
+    ap.add_argument("--thread-cpu", action="store_true",
+                    help="also print the daemon's CPU ms per tile per thread (Linux /proc/self/task)")
     ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args(argv)
 
@@ -161,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
                 runner.activate()  # the daemon deactivates its runner when it exits
                 bare = bare_runner_rate(runner, windows, args.batch, per_round)
                 bare_spin = bare_runner_rate(spinning, windows, args.batch, per_round)
-                daemon = daemon_rate(runner, spool, args.batch, per_round, args.max_wait_ms, **serve)
+                daemon = daemon_rate(runner, spool, args.batch, per_round, args.max_wait_ms, args.thread_cpu,
+                                     **serve)
                 best = max(bare["tiles_s"], bare_spin["tiles_s"])
                 rounds.append({"bare": bare, "bare_spin": bare_spin, "daemon": daemon,
                                "ratio": daemon["tiles_s"] / best})
@@ -190,6 +253,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{total['daemon']:.1f} | {result['ratio_of_totals']:.3f} | {result['ratio_median']:.3f} | "
           + ", ".join(f"{r['ratio']:.3f}" for r in rounds)
           + f" | {cpu_ms['bare']:.2f} / {cpu_ms['daemon']:.2f} |")
+    if args.thread_cpu:
+        split: dict[str, float] = {}
+        for r in rounds:
+            for name, sec in r["daemon"]["thread_cpu_s"].items():
+                split[name] = split.get(name, 0.0) + sec
+        done = sum(r["daemon"]["tiles"] for r in rounds)
+        result["daemon_thread_cpu_ms_per_tile"] = {k: 1e3 * v / done for k, v in split.items()}
+        print("daemon CPU ms per tile by thread: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in sorted(result["daemon_thread_cpu_ms_per_tile"].items(), key=lambda kv: -kv[1])))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
