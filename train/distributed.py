@@ -58,6 +58,18 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def leave_process_group(info: DistInfo) -> None:
+    """After the last collective: wait for every rank, then tear the group down on all of them together.
+
+    Otherwise the other ranks would exit while rank 0 still holds the group open for phases 2-3; a gloo rank
+    that aborts on the way out (seen under load: "terminate called without an active exception") makes torchrun
+    kill rank 0 before it has written the model.
+    """
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
+        shutdown_distributed()
+
+
 class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:

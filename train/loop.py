@@ -42,6 +42,7 @@ from mosaic_edge.train.distributed import (
     DistInfo,
     all_reduce_mean,
     init_distributed,
+    leave_process_group,
     revert_sync_batchnorm,
     shutdown_distributed,
     use_sync_batchnorm,
@@ -345,6 +346,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         ).to(device, memory_format=memory_format(cfg, device))
         train_split = load_split(cfg, contract, "train", cfg.label_fraction)
         records = pretrain(cfg, model, train_split, contract, dist, device, resume, stop_after)
+        leave_process_group(dist)  # the collectives end with phase 1
         if stop_after is not None and stop_after < cfg.epochs:
             return TrainResult(out, out / "last.pt")
         result = (
@@ -352,8 +354,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
             if dist.is_main
             else TrainResult(out, out / "model.pt")
         )
-        # No barrier: phases 2-3 run no collectives, and on a large dataset they can outlast the gloo/NCCL
-        # timeout that a barrier would impose on the idle ranks; torchrun waits for every rank to exit anyway.
+        # No barrier here: phases 2-3 run no collectives (the group is gone), and on a large dataset they can
+        # outlast the timeout a barrier would impose on the idle ranks; torchrun waits for every rank to exit.
         return result
     finally:
         shutdown_distributed()
