@@ -61,9 +61,9 @@ def shutdown_distributed() -> None:
 def leave_process_group(info: DistInfo) -> None:
     """After the last collective: wait for every rank, then tear the group down on all of them together.
 
-    Otherwise the other ranks would exit while rank 0 still holds the group open for phases 2-3; a gloo rank
-    that aborts on the way out (seen under load: "terminate called without an active exception") makes torchrun
-    kill rank 0 before it has written the model.
+    Otherwise the other ranks would exit while rank 0 still holds the group open for phases 2-3, and a gloo rank
+    that aborts on its way out ("terminate called without an active exception") makes torchrun kill rank 0
+    before it has written the model.
     """
     if info.enabled and dist.is_initialized():
         dist.barrier()
