@@ -20,6 +20,7 @@ from mosaic_edge.data.sources import SYNTHETIC, DataSpec
 from mosaic_edge.data.windows import ConcatSource, SubsetSource, TileFolderSource, WindowedSource
 from mosaic_edge.envelope import Envelope
 from mosaic_edge.errors import UserError
+from mosaic_edge.export.eval_sets import open_splits
 from mosaic_edge.export.parity import Samples, collect_samples
 
 SPLITS = ("train", "validation", "test")
@@ -27,22 +28,6 @@ SPLITS = ("train", "validation", "test")
 TUNE_PER_SOURCE = 256
 # ... taken among the windows the calibration set did not use when at least this many exist, else in-sample.
 TUNE_MIN_HELD_OUT = 32
-
-
-def _root_splits(spec: DataSpec) -> list[PatchSource]:
-    from mosaic_edge.data.benv2 import SNOW_CLOUD_METADATA
-
-    everything = ({"include_snow_cloud": True}
-                  if spec.kind == "benv2" and (Path(spec.data) / SNOW_CLOUD_METADATA).is_file() else {})
-    found = []
-    for split in SPLITS:
-        try:
-            src = spec.open(split, **everything)
-        except UserError:
-            continue  # a root without this split
-        if len(src):
-            found.append(src)
-    return found
 
 
 def open_calibration_source(source: str, contract: Contract) -> tuple[str, PatchSource]:
@@ -64,12 +49,9 @@ def open_calibration_source(source: str, contract: Contract) -> tuple[str, Patch
             spec = None
     if spec is None:
         return f"{Path(source).name} (tiles)", TileFolderSource(source, contract)
-    splits = _root_splits(spec)
+    splits = open_splits(spec, SPLITS, contract, everything=True, required=False)
     if not splits:
         raise UserError(f"--calib-data {source}: no samples in splits {list(SPLITS)}")
-    if tuple(splits[0].classes) != tuple(contract.classes):
-        raise UserError(f"--calib-data {source}: its {len(splits[0].classes)} classes differ from the model's "
-                        f"{contract.num_classes} (or their order does)")
     name = spec.name + ("" if len(splits) == len(SPLITS) else f" ({'+'.join(s.split for s in splits)})")
     return name, WindowedSource(ConcatSource(splits), contract)
 
