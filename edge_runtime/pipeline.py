@@ -333,6 +333,7 @@ def predict_paths(runner: Runner, paths: Iterable[str | Path], batch: int = 8, s
         reruns = Reruns(net, batch)
     for p in paths:
         path = Path(p)
+        job = None
         try:
             job, units = open_job(path, path.name.removesuffix(".npz"), runner.contract, limits, stride,
                                   allow_sar_only, net)
@@ -341,12 +342,9 @@ def predict_paths(runner: Runner, paths: Iterable[str | Path], batch: int = 8, s
             if reruns is not None:
                 for _ in reruns.run(everything=True):
                     pass
-        except DataError as exc:
-            yield path, None, str(exc)
-            continue
-        except RerunFailed as exc:
-            assert reruns is not None
-            reruns.discard(job)
+        except (DataError, RerunFailed) as exc:  # a scene may fail after its first pieces queued re-runs
+            if reruns is not None and job is not None:
+                reruns.discard(job)
             yield path, None, str(exc)
             continue
         yield path, job_records(job, runner), None

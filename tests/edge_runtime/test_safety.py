@@ -448,3 +448,36 @@ def test_a_scene_streamed_in_pieces_gets_the_answers_of_the_tile_read_whole(safe
     assert len(streamed) > 100 and all(rec["drift"] is not None for rec in streamed)
     assert {rec["answered_by"] for rec in streamed} == {"int8", "fp32"}
     assert daemon.metrics.counters["windows_rerun"] == sum(rec["answered_by"] == "fp32" for rec in streamed)
+
+
+def test_predict_drops_the_queued_re_runs_of_a_scene_that_fails_part_way(safety_export, tmp_path, monkeypatch):
+    """A scene whose later region cannot be read fails; the windows its earlier pieces queued for the fallback
+    are dropped, not re-run and counted with the next tile."""
+    from mosaic_edge.errors import DataError
+    from tests.edge_runtime.test_tiles_scene import SMALL, _scene
+
+    _scene(tmp_path / "scene")
+    good = _drifted_tile(tmp_path / "good.npz", seed=5)
+    real = pipeline.open_job
+
+    def failing_after_one_piece(path, *a, **kw):
+        job, units = real(path, *a, **kw)
+        if Path(path).name != "scene":
+            return job, units
+
+        def pieces():
+            yield next(iter(units))
+            raise DataError("scene: a later region is unreadable")
+        return job, pieces()
+
+    monkeypatch.setattr(pipeline, "open_job", failing_after_one_piece)
+    with open_runner(safety_export, kind="ort", device="cpu", precision="int8", threads=1) as r:
+        net = open_safety_net(safety_export, r, threads=1)
+        with net:
+            reruns = Reruns(net, 8)
+            out = list(pipeline.predict_paths(r, [tmp_path / "scene", good], 8, limits=SMALL, net=net,
+                                              reruns=reruns))
+    (_, none, error), (_, records, ok) = out
+    assert none is None and "unreadable" in (error or "") and ok is None
+    windows = [rec for rec in records if rec.get("type") != "tile"]
+    assert reruns.counts["windows_rerun"] == sum(rec["answered_by"] == "fp32" for rec in windows)
