@@ -389,7 +389,7 @@ def fit_stats(feats: np.ndarray, has_optical: np.ndarray, n_sar: int, seed: int 
         cov = _covariance(use, full)
         return WindowStats(tuple(use.mean(axis=0)), tuple(map(tuple, cov)), np.inf, np.inf, n_sar)
 
-    full = fit(np.ones(n, bool))
+    whole = fit(np.ones(n, bool))
     fold = np.random.default_rng(seed).permutation(n) % STATS_FOLDS
     both, sar_only = [], []
     for k in range(STATS_FOLDS):
@@ -401,9 +401,9 @@ def fit_stats(feats: np.ndarray, has_optical: np.ndarray, n_sar: int, seed: int 
         both.append(model.distance(feats[rows], np.ones(int(rows.sum()), bool)))
         sar_only.append(model.distance(feats[test], np.zeros(int(test.sum()), bool)))
     if not both:  # too few windows to hold any out: in-sample distances
-        both = [full.distance(feats, np.ones(n, bool))]
-        sar_only = [full.distance(feats, np.zeros(n, bool))]
-    return WindowStats(full.mean, full.cov, _upper(np.concatenate(both)), _upper(np.concatenate(sar_only)), n_sar)
+        both = [whole.distance(feats, np.ones(n, bool))]
+        sar_only = [whole.distance(feats, np.zeros(n, bool))]
+    return WindowStats(whole.mean, whole.cov, _upper(np.concatenate(both)), _upper(np.concatenate(sar_only)), n_sar)
 
 
 def _upper(distances: np.ndarray) -> float:

@@ -161,3 +161,19 @@ def test_few_calibration_windows_use_variances_only() -> None:
     big = build_envelope(*_scenes(MIN_WINDOWS_PER_FEATURE * 28, seed=4), CONTRACT)
     assert np.count_nonzero(np.asarray(big.stats.cov) - np.diag(np.diag(big.stats.cov))) > 0
     assert Envelope.from_dict(big.to_dict()) == big
+
+
+def test_the_thresholds_of_few_windows_are_cross_validated_on_variances_only_too(monkeypatch) -> None:
+    """The held-out distances that set the thresholds come from models of the same kind as the final one."""
+    from mosaic_edge import envelope as env_mod
+
+    kinds = []
+    real = env_mod._covariance
+
+    def spy(feats, full):
+        kinds.append(full)
+        return real(feats, full)
+
+    monkeypatch.setattr(env_mod, "_covariance", spy)
+    build_envelope(*_scenes(env_mod.MIN_WINDOWS_PER_FEATURE * 28 - 1, seed=4), CONTRACT)
+    assert len(kinds) == 1 + env_mod.STATS_FOLDS and all(k is False for k in kinds)
