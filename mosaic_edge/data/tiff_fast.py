@@ -120,6 +120,8 @@ def decode(data: Any, name: str, max_pixels: int) -> tuple[np.ndarray, dict[int,
     planes = spp if planar == 2 else 1
     row_bytes = w * dtype.itemsize * (1 if planar == 2 else spp)
     rows = min(int(tags.get(_ROWS_PER_STRIP, h)), h)
+    if rows < 1:
+        raise DataError(f"{name}: unreadable TIFF (RowsPerStrip {rows})")
     per_plane = -(-h // rows)
     if len(offsets) != per_plane * planes:
         return None

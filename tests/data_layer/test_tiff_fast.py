@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +112,18 @@ def test_bad_bytes_are_data_errors(tmp_path):
         decode_tiff(bytes(broken), "corrupt.tif")
     with pytest.raises(DataError, match="empty"):
         decode_tiff(b"", "empty.tif")
+
+
+def test_a_zero_rows_per_strip_is_a_data_error(tmp_path):
+    data = bytearray(_bytes(tmp_path, RNG.integers(0, 255, (50, 13)).astype(np.uint8), rowsperstrip=7))
+    assert data[:2] == b"II"
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for k in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * k
+        if struct.unpack_from("<H", data, entry)[0] == 278:  # RowsPerStrip, value stored in the entry
+            data[entry + 8:entry + 12] = b"\0" * 4
+    with pytest.raises(DataError, match="RowsPerStrip"):
+        decode_tiff(bytes(data), "zero.tif")
 
 
 @pytest.mark.parametrize("libdeflate", [True, False])
