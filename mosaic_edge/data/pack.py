@@ -263,6 +263,11 @@ def pack_dataset(
         raise UserError(f"{out} exists and is not a folder")
     if (out / STORE_JSON).is_file():
         info = read_json(out / STORE_JSON)
+        asked = json.loads(json.dumps(spec.to_dict()))  # as store.json spells it (tuples as lists)
+        held = {k: info["source"].get(k) for k in asked}
+        if held != asked:
+            raise UserError(f"{out} holds a finished store of other data or options ({held['data']}, "
+                            f"{held.get('options')}); use another --out")
         counts = {s: int(v["packed"]) for s, v in info["splits"].items()}
         report = read_json(out / REPORT_JSON) if (out / REPORT_JSON).is_file() else {"skipped": []}
         return PackSummary(out, counts, report["skipped"], already_complete=True)

@@ -144,6 +144,8 @@ def test_resume_packs_only_missing_chunks_and_refuses_other_data(tmp_path: Path)
         for name in ("sar", "optical", "labels"):
             assert np.array_equal(np.load(out / split / f"{name}.npy"), np.load(ref / split / f"{name}.npy"))
     assert pack_dataset(SMALL_SPEC, out, workers=0).already_complete
+    with pytest.raises(UserError, match="finished store of other data"):
+        pack_dataset(other, out, workers=0)
 
 
 def test_pack_survives_kill_9_and_resumes(tmp_path: Path) -> None:
