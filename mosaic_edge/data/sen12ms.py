@@ -32,6 +32,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -133,11 +134,15 @@ class SplitTable:
     keys: dict[str, str]
     exhaustive: bool
 
+    @cached_property
+    def names_validation(self) -> bool:
+        return "validation" in self.keys.values()
+
     def split_of(self, patch_id: str, scene_key: str) -> str | None:
         found = self.keys.get(patch_id) or self.keys.get(scene_key)
         if found or self.exhaustive:
             return found
-        if "validation" in self.keys.values():
+        if self.names_validation:  # asked per patch: the scan of every key is done once
             return "train"
         frac = (1.0 - VAL_SCENE_FRACTION, VAL_SCENE_FRACTION, 0.0)
         return scene_hash_split(scene_key, frac)
