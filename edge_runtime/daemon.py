@@ -45,10 +45,11 @@ from mosaic_edge.edge_runtime.commit import Committer
 from mosaic_edge.edge_runtime.intake import END, EXIT_SPOOL_GONE, InFlight, Intake
 from mosaic_edge.edge_runtime.logs import get_logger
 from mosaic_edge.edge_runtime.metrics_http import Metrics
-from mosaic_edge.edge_runtime.runner import Runner, usable_cores
+from mosaic_edge.edge_runtime.runner import Runner
 from mosaic_edge.edge_runtime.safety import RerunFailed, Reruns, SafetyNet
 from mosaic_edge.edge_runtime.spool import Spool
 from mosaic_edge.edge_runtime.watchdog import Supervisor
+from mosaic_edge.environment import usable_cores
 from mosaic_edge.errors import UserError
 from mosaic_edge.tile_format import TileLimits
 

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from mosaic_edge.contract import Contract, sha256_file
+from mosaic_edge.environment import usable_cores
 from mosaic_edge.errors import ContractMismatchError, UserError
 from mosaic_edge.manifest import Manifest
 from mosaic_edge.optional import available, require
@@ -239,14 +240,6 @@ class OnnxRuntimeRunner(Runner):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "artefact": self.model_path.name, "providers": self.providers,
                 "threads": self.threads, "spin": self.spin}
-
-
-def usable_cores() -> int:
-    """How many CPU cores this process may run on (its affinity mask: a container's or taskset's share)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 # ---- artefact selection ------------------------------------------------------------------------------------

@@ -66,6 +66,14 @@ def clocks() -> dict[str, Any]:
     return {"cpu_mhz": cpus or None, "devfreq_mhz": devfreq or None}
 
 
+def usable_cores() -> int:
+    """How many CPU cores this process may run on (its affinity mask: a container's or taskset's share)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def cpu_info() -> dict[str, Any]:
     """CPU model and how many threads this process may use."""
     model = None
@@ -75,13 +83,8 @@ def cpu_info() -> dict[str, Any]:
         if m:
             model = m.group(1).strip()
             break
-    usable: int | None
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        usable = os.cpu_count()
     return {"model": model or platform.processor() or None, "logical_cpus": os.cpu_count(),
-            "usable_threads": usable}
+            "usable_threads": usable_cores()}
 
 
 def module_version(module: str) -> str | None:

@@ -47,6 +47,7 @@ from mosaic_edge.data.store import (
     is_store,
     read_json,
 )
+from mosaic_edge.environment import usable_cores
 from mosaic_edge.errors import DataError, UserError
 from mosaic_edge.version import __version__
 
@@ -321,8 +322,7 @@ def pack_dataset(
         if on_chunk:
             on_chunk(m)
 
-    n_workers = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) \
-        if workers is None else workers
+    n_workers = usable_cores() if workers is None else workers
     try:
         if n_workers <= 0 or len(tasks) <= 1:
             for split, k, a, b in tasks:

@@ -84,7 +84,7 @@ def test_run_batched_equals_one_batch(tiny_onnx, contract):
 
 
 def test_ort_sessions_do_not_spin_and_use_the_usable_cores(tiny_onnx):
-    from mosaic_edge.edge_runtime.runner import usable_cores
+    from mosaic_edge.environment import usable_cores
 
     with OnnxRuntimeRunner(tiny_onnx) as r:
         so = r._session.get_session_options()
