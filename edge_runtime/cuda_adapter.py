@@ -29,12 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from mosaic_edge.environment import CUDA_PYTHON_PIN, cuda_version
 from mosaic_edge.errors import OptionalDependencyError, UserError
 from mosaic_edge.optional import available, require
 
 BACKENDS = ("auto", "cuda-python", "pycuda")
-# The cuda-python releases that run on a JetPack 6 (CUDA 12.x) driver and still have the runtime bindings we call.
-CUDA_PYTHON_PIN = "cuda-python>=12.2,<13"
 
 
 class CudaError(RuntimeError):
@@ -61,11 +60,6 @@ class DeviceInfo:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def cuda_version_text(version: int) -> str:
-    """CUDA's integer encoding as text: 12020 -> "12.2"."""
-    return f"{version // 1000}.{(version % 1000) // 10}"
 
 
 def _import_cudart() -> Any:
@@ -307,7 +301,7 @@ class PycudaAdapter(CudaAdapter):
         major, minor = self._dev.compute_capability()
         sms = self._dev.get_attribute(self.cuda.device_attribute.MULTIPROCESSOR_COUNT)
         built = tuple(self.cuda.get_version()) + (0, 0)
-        runtime = int(built[0]) * 1000 + int(built[1]) * 10
+        runtime = cuda_version(built[0], built[1])
         return DeviceInfo(str(self._dev.name()), f"{major}.{minor}", int(sms), int(self.cuda.get_driver_version()),
                           runtime)
 

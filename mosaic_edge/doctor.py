@@ -14,6 +14,7 @@ import subprocess
 from typing import Any
 
 from mosaic_edge import environment
+from mosaic_edge.environment import CUDA_PYTHON_PIN, cuda_version, cuda_version_text
 
 
 def _version(module: str) -> str | None:
@@ -52,7 +53,7 @@ def _nvidia_smi_gpu() -> str | None:
 
 
 def _cuda_text(version: int | None) -> str | None:
-    return None if not version else f"{version // 1000}.{(version % 1000) // 10}"
+    return cuda_version_text(version) if version else None
 
 
 def _libcuda_driver_version() -> int | None:
@@ -95,7 +96,7 @@ def _cuda_info() -> dict[str, Any]:
         pycuda = importlib.import_module("pycuda.driver")
         built = tuple(pycuda.get_version()) + (0, 0)
         info["bindings"]["pycuda"] = {"version": _version("pycuda"), "runtime": f"{built[0]}.{built[1]}",
-                                      "runtime_int": int(built[0]) * 1000 + int(built[1]) * 10}
+                                      "runtime_int": cuda_version(built[0], built[1])}
         driver = driver or int(pycuda.get_driver_version()) or None
     except Exception:  # noqa: BLE001
         pass
@@ -104,7 +105,7 @@ def _cuda_info() -> dict[str, Any]:
     for name, b in info["bindings"].items():
         need = b.pop("runtime_int", None)
         if driver and need and driver < need:
-            fix = ("pip install 'cuda-python>=12.2,<13' (the CUDA 12 bindings; pick the minor of your JetPack)"
+            fix = (f"pip install '{CUDA_PYTHON_PIN}' (the CUDA 12 bindings; pick the minor of your JetPack)"
                    if name == "cuda-python" else "rebuild pycuda against the installed CUDA")
             info["warnings"].append(f"{name} needs CUDA runtime {b['runtime']} but the driver supports "
                                     f"{_cuda_text(driver)}: {fix}")

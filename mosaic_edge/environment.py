@@ -66,6 +66,20 @@ def clocks() -> dict[str, Any]:
     return {"cpu_mhz": cpus or None, "devfreq_mhz": devfreq or None}
 
 
+# The CUDA 12 bindings: 13.x dropped ``cuda.cudart`` and needs a CUDA 13 driver (JetPack 6 ships CUDA 12).
+CUDA_PYTHON_PIN = "cuda-python>=12.2,<13"
+
+
+def cuda_version(major: int, minor: int) -> int:
+    """CUDA's integer encoding of a version: (12, 2) -> 12020."""
+    return int(major) * 1000 + int(minor) * 10
+
+
+def cuda_version_text(version: int) -> str:
+    """CUDA's integer encoding as text: 12020 -> "12.2"."""
+    return f"{version // 1000}.{(version % 1000) // 10}"
+
+
 def usable_cores() -> int:
     """How many CPU cores this process may run on (its affinity mask: a container's or taskset's share)."""
     try:
