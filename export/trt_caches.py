@@ -99,13 +99,12 @@ def network_tensor_names(network: Any) -> set[str]:
 def calibration_cache_for(path: Path, trt_version: Version, tensor_names: Iterable[str]) -> bytes:
     """The bytes of ``calib.cache`` the running TensorRT will accept.
 
+    Only called for TensorRT < 11 (:func:`~mosaic_edge.export.trt.plan_build` refuses a cache on later ones).
+
     Raises:
-        UserError: TensorRT >= 11 (no implicit quantization), the file is not a calibration cache, or it was
-            written for another TensorRT AND names tensors this network does not have (another model).
+        UserError: the file is not a calibration cache, or it was written for another TensorRT AND names tensors
+            this network does not have (another model).
     """
-    if trt_version >= Version("11"):
-        raise UserError(f"TensorRT {trt_version} removed implicit INT8 (calibration caches): build the explicit "
-                        "Q/DQ artefact model.int8.onnx instead")
     text = path.read_text()
     cache = parse_calib_cache(text, str(path))
     if cache.algorithm != ALGORITHM:
