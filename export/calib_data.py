@@ -20,10 +20,9 @@ from mosaic_edge.data.sources import SYNTHETIC, DataSpec
 from mosaic_edge.data.windows import ConcatSource, SubsetSource, TileFolderSource, WindowedSource
 from mosaic_edge.envelope import Envelope
 from mosaic_edge.errors import UserError
-from mosaic_edge.export.eval_sets import open_splits
+from mosaic_edge.export.eval_sets import EVAL_SPLITS, open_splits
 from mosaic_edge.export.parity import Samples, collect_samples
 
-SPLITS = ("train", "validation", "test")
 # Windows of each --calib-data source the fallback margin is also chosen on (deployment-like data) ...
 TUNE_PER_SOURCE = 256
 # ... taken among the windows the calibration set did not use when at least this many exist, else in-sample.
@@ -49,10 +48,10 @@ def open_calibration_source(source: str, contract: Contract) -> tuple[str, Patch
             spec = None
     if spec is None:
         return f"{Path(source).name} (tiles)", TileFolderSource(source, contract)
-    splits = open_splits(spec, SPLITS, contract, everything=True, required=False)
+    splits = open_splits(spec, EVAL_SPLITS, contract, everything=True, required=False)
     if not splits:
-        raise UserError(f"--calib-data {source}: no samples in splits {list(SPLITS)}")
-    name = spec.name + ("" if len(splits) == len(SPLITS) else f" ({'+'.join(s.split for s in splits)})")
+        raise UserError(f"--calib-data {source}: no samples in splits {list(EVAL_SPLITS)}")
+    name = spec.name + ("" if len(splits) == len(EVAL_SPLITS) else f" ({'+'.join(s.split for s in splits)})")
     return name, WindowedSource(ConcatSource(splits), contract)
 
 

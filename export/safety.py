@@ -26,11 +26,6 @@ from mosaic_edge.fallback import FallbackPolicy, choose_margin, simulate
 RERUN_WARN = 0.5
 
 
-def drift_flags(samples: Samples) -> np.ndarray | None:
-    """bool [n] drift flags of ``samples`` (None when they were collected without an envelope)."""
-    return samples.drifted
-
-
 def _set_row(z32: np.ndarray, z8: np.ndarray, flags: np.ndarray | None, contract: Contract,
              margin: float) -> dict[str, Any]:
     row = simulate(z32, z8, flags, contract, margin)
@@ -55,11 +50,11 @@ def fallback_section(out: Path, sets: EvalSets, tuning: list[Samples],
                                "artefacts": {}}
     policies, curves = {}, {}
     for name in int8:
-        choices = {t.name: choose_margin(logits[t.name][reference], logits[t.name][name], drift_flags(t),
+        choices = {t.name: choose_margin(logits[t.name][reference], logits[t.name][name], t.drifted,
                                          contract, target) for t in tune_sets}
         deciding = max(choices, key=lambda k: choices[k].chosen.margin_logit)
         policy = FallbackPolicy(choices[deciding].chosen.margin_logit, True, target)
-        rows = {set_name: _set_row(logits[set_name][reference], logits[set_name][name], drift_flags(samples),
+        rows = {set_name: _set_row(logits[set_name][reference], logits[set_name][name], samples.drifted,
                                    contract, policy.margin_logit)
                 for set_name, samples in shown.items()}
         tables = {}

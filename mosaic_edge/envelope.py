@@ -26,6 +26,7 @@ check".
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -264,10 +265,7 @@ class Envelope:
 
     def replace(self, **changes: Any) -> Envelope:
         """A copy with ``changes`` (e.g. ``threshold``, ``stats``)."""
-        fields = {"bands": self.bands, "levels": self.levels, "quantiles": self.quantiles, "n_sar": self.n_sar,
-                  "check_levels": self.check_levels, "stride": self.stride, "threshold": self.threshold,
-                  "n_windows": self.n_windows, "stats": self.stats}
-        return Envelope(**{**fields, **changes})
+        return dataclasses.replace(self, **changes)
 
     # ---- (de)serialisation ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

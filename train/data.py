@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from mosaic_edge.contract import Contract
-from mosaic_edge.data.base import PatchDataset, PatchSource, labelled_mask
+from mosaic_edge.data.base import PatchDataset, labelled_mask
 from mosaic_edge.data.preprocess import normalise_optical, normalise_sar
 from mosaic_edge.data.sources import STORE, SYNTHETIC, DataSpec, reader_options
 from mosaic_edge.data.store import StoreSource
@@ -59,11 +59,6 @@ def data_spec(cfg: TrainConfig) -> DataSpec:
         stats_samples=min(256, max(cfg.n_train, 1)),
     )
     return DataSpec(SYNTHETIC, dataclasses.asdict(synthetic))
-
-
-def open_split(cfg: TrainConfig, split: str) -> PatchSource:
-    """The :class:`PatchSource` of ``split`` for the config's data."""
-    return data_spec(cfg).open(split)
 
 
 def contract_for_config(cfg: TrainConfig) -> Contract:
