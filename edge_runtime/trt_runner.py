@@ -355,6 +355,8 @@ def open_trt_runner(
     logger = trt.Logger(trt.Logger.WARNING)
     cuda = open_cuda_adapter(cuda_backend)
     try:
+        if cuda_graphs and not cuda.supports_graphs:  # before minutes of engine building, not after
+            raise UserError(f"CUDA graphs need the cuda-python adapter, not {cuda.backend}")
         with cuda.current():
             dev = cuda.device_info()
             key = EngineKey(

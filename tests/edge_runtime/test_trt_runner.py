@@ -286,6 +286,17 @@ def test_engine_missing_contract_tensors_is_refused(gpu, tmp_path: Path) -> None
         _runner(gpu, _engine(gpu, onnx), tmp_path)
 
 
+def test_cuda_graphs_without_cuda_python_are_refused_before_any_engine_is_built(gpu, trt_export: Path,
+                                                                                 tmp_path: Path) -> None:
+    if gpu.backend != "pycuda":
+        pytest.skip("cuda-python captures graphs")
+    with pytest.raises(UserError, match="CUDA graphs need the cuda-python adapter"):
+        trt_runner.open_trt_runner(trt_export, engine_dir=tmp_path / "engines", cuda_backend="pycuda",
+                                   cuda_graphs=True)
+    assert not [c for c in gpu.trt.calls if c[0] == "build_serialized_network"]
+    assert not (tmp_path / "engines").exists() or not any((tmp_path / "engines").glob("*.engine"))
+
+
 def test_open_trt_runner_builds_then_loads_from_cache(gpu, trt_export: Path, tmp_path: Path) -> None:
     export = trt_export
     kw = {"engine_dir": tmp_path / "engines", "max_batch": 16, "cuda_backend": gpu.backend}
