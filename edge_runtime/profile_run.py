@@ -267,11 +267,12 @@ def run_profile(config: ProfileConfig, scratch: Path) -> dict[str, Any]:
             sources = write_synthetic_tiles(scratch / "tiles", runners[0].contract.patch_size,
                                             config.synthetic_tiles, config.seed)
         configs = []
+        per_tile = _windows_per_tile(sources[0], runners[0].contract)  # one export: one contract for all
         for r, net in zip(runners, nets, strict=True):
             variants = [SafetyNet(envelope=net.envelope), net] if net.fallback else [net]
             for b in config.batches:
                 for v in variants:
-                    reruns = Reruns(v, b * _windows_per_tile(sources[0], r.contract))
+                    reruns = Reruns(v, b * per_tile)
                     name = f"results-{r.precision}{'-fallback' if v.fallback else ''}-{b}"
                     configs.append(_Configuration(r, b, runtime_pipeline(r, scratch / name, net=v, reruns=reruns),
                                                   v, reruns))
