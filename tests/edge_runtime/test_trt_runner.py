@@ -280,6 +280,35 @@ def test_fp16_io_engine_is_staged_in_fp16_and_returns_float32(gpu, tmp_path: Pat
         np.testing.assert_allclose(out["logits"][:, :1], ref, rtol=2e-3)
 
 
+def test_a_batch_assembled_in_the_input_buffers_lands_in_pinned_memory(gpu, tiny_onnx: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """While active, ``input_buffers`` are the pinned staging buffers: no host copy before the device copy."""
+    runner = _runner(gpu, _engine(gpu, tiny_onnx), tmp_path, precision="int8", model_hash="h")
+    inactive = runner.input_buffers(4)
+    assert all(v is not runner._host.get(k) for k, v in inactive.items())  # plain arrays before activation
+    copies: list[int] = []
+    real = np.copyto
+
+    def counting(dst, src, **kw):
+        copies.append(1)
+        return real(dst, src, **kw)
+
+    with runner as r:
+        bufs = r.input_buffers(5)
+        assert all(bufs[k] is r._host[k] for k in r.inputs)
+        b = _batch(5, seed=7)
+        for k in r.inputs:
+            bufs[k][:5] = b[k]
+        monkeypatch.setattr(trt_runner.np, "copyto", counting)
+        out = r.infer({k: bufs[k][:5] for k in r.inputs})
+        assert copies == []  # already staged
+        np.testing.assert_allclose(out["logits"][:, :1], _expected(b), rtol=1e-5)
+        out = r.infer(_batch(3, seed=8))  # a batch from elsewhere is still staged by a copy
+        assert len(copies) == len(r.inputs)
+        np.testing.assert_allclose(out["logits"][:, :1], _expected(_batch(3, seed=8)), rtol=1e-5)
+        assert r.input_buffers(17)["sar"].shape[0] == 17  # beyond the profile: host arrays (infer refuses them)
+
+
 def test_engine_missing_contract_tensors_is_refused(gpu, tmp_path: Path) -> None:
     onnx = fake_trt.write_onnx(tmp_path / "m.onnx", patch=TINY_PATCH, outputs={"logits": ((19,), TensorProto.FLOAT)})
     with pytest.raises(ContractMismatchError, match="logits_sar"):
