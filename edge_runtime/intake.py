@@ -75,6 +75,16 @@ class InFlight:
         return self.job.name
 
 
+def _reason(cand: Candidate, exc: Exception) -> str:
+    """The one-line reason a tile that raised ``exc`` fails with (an unexpected error is logged in full)."""
+    if isinstance(exc, DataError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{cand.tile_id}: unreadable or vanished ({type(exc).__name__}: {exc})"
+    log.exception("unexpected error reading tile", extra={"fields": {"tile": cand.tile_id}})
+    return f"internal error: {type(exc).__name__}: {exc}"
+
+
 class Intake:
     """The reader half of the daemon (see the module docstring); the :class:`Daemon` sets every attribute."""
 
@@ -141,12 +151,8 @@ class Intake:
             if not cand.marker and cand.age_s < self.config.partner_timeout_s:
                 return "wait"
             self._fail(cand.name, cand.tile_id, f"{exc} (waited {cand.age_s:.0f} s)")
-        except (DataError, OSError) as exc:
-            self._fail(cand.name, cand.tile_id, str(exc) if isinstance(exc, DataError)
-                       else f"{cand.tile_id}: unreadable or vanished ({type(exc).__name__}: {exc})")
         except Exception as exc:  # noqa: BLE001 - one bad tile must never stop the daemon
-            log.exception("unexpected error reading tile", extra={"fields": {"tile": cand.tile_id}})
-            self._fail(cand.name, cand.tile_id, f"internal error: {type(exc).__name__}: {exc}")
+            self._fail(cand.name, cand.tile_id, _reason(cand, exc))
         finally:
             if not queued:  # queued tiles are released by the thread that finishes them
                 self._release(cand)
@@ -174,14 +180,7 @@ class Intake:
         except Exception as exc:
             if not queued:
                 raise
-            if isinstance(exc, DataError):
-                reason = str(exc)
-            elif isinstance(exc, OSError):
-                reason = f"{cand.tile_id}: unreadable or vanished ({type(exc).__name__}: {exc})"
-            else:
-                log.exception("unexpected error reading a scene", extra={"fields": {"tile": cand.tile_id}})
-                reason = f"internal error: {type(exc).__name__}: {exc}"
-            self._abandon(InFlight(job, cand, 0.0), reason)
+            self._abandon(InFlight(job, cand, 0.0), _reason(cand, exc))
             return True
         finally:
             close = getattr(units, "close", None)
