@@ -123,8 +123,7 @@ def use_sync_batchnorm(model: torch.nn.Module, info: DistInfo, device: torch.dev
     """
     if not (wanted and info.enabled and device.type == "cuda"):
         return False
-    for name, child in list(model.named_children()):
-        model.add_module(name, torch.nn.SyncBatchNorm.convert_sync_batchnorm(child))
+    torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)  # the root (not a BatchNorm) is kept, its layers swapped
     return True
 
 
