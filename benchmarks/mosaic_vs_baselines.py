@@ -47,7 +47,7 @@ from mosaic_edge.train.config import TrainConfig
 from mosaic_edge.train.data import load_split
 from mosaic_edge.train.evaluate import linear_probe, load_eval_splits, tune_and_test
 from mosaic_edge.train.finetune import finetune
-from mosaic_edge.train.loop import train
+from mosaic_edge.train.loop import amp_dtype, memory_format, train
 
 FRACTIONS = (0.01, 0.1, 1.0)
 METHODS: dict[str, dict[str, Any]] = {
@@ -70,7 +70,8 @@ def evaluate_encoder(cfg: TrainConfig, checkpoint: Path, lf: float, dev: torch.d
     contract, probe = linear_probe(model, cfg, contract, lf, dev, split, eval_splits)
     t1 = time.perf_counter()
     finetune(model, split, contract, cfg.finetune_epochs, cfg.finetune_lr, cfg.seed, dev,
-             weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+             weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,  # as `train`'s phase 3 runs it
+             amp_dtype=amp_dtype(cfg, dev), memory_format=memory_format(cfg, dev))
     _, ft = tune_and_test(model, cfg, contract, dev, eval_splits)
     return {
         "probe_macro_map": probe["test"]["macro_map"],
