@@ -33,6 +33,7 @@ and runner (apart from timings).
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -178,20 +179,36 @@ def cut(prepared: PreparedTile, contract: Contract, name: str, input_sha256: str
     contiguous block of the contract's input dtype when it fits in ``precut_max_bytes``."""
     height, width = prepared.shape
     wins = patching.windows(height, width, contract.patch_size, stride)
-    if not prepared.optical_usable:
-        inv = np.ones(len(wins), np.float64)
-    else:
-        inv = patching.invalid_fractions(prepared.optical_invalid, wins)
-    heads = postprocess.choose_heads(inv, limits.max_invalid_fraction)
+    inv, heads = _plan_windows(prepared, wins, limits)
     job = Job(prepared.id, name, wins, heads, inv, input_sha256, prepared.geo, source=prepared)
-    shapes = {k: (len(wins), *(int(d) for d in v[1:])) for k, v in contract.input_shapes().items()}
-    dtypes = {k: np.dtype(contract.input_dtype(k)) for k in shapes}
-    if sum(int(np.prod(v)) * dtypes[k].itemsize for k, v in shapes.items()) <= precut_max_bytes:
-        job.inputs = {k: np.empty(shapes[k], dtypes[k]) for k in shapes}
-        patching.cut_into(job.inputs["sar"], prepared.sar, wins)
-        patching.cut_into(job.inputs["optical"], prepared.optical, wins)
+    if len(wins) * _window_bytes(contract) <= precut_max_bytes:
+        job.inputs = _cut_windows(prepared, wins, contract)
         job.source = None  # the tile's arrays (views into the file's bytes) can go
     return job
+
+
+def _plan_windows(prepared: PreparedTile, wins: list[patching.Window], limits: TileLimits
+                  ) -> tuple[np.ndarray, list[str]]:
+    """Optical invalid fraction and answering head of each window (all optical unusable: the SAR head)."""
+    inv = (np.ones(len(wins), np.float64) if not prepared.optical_usable
+           else patching.invalid_fractions(prepared.optical_invalid, wins))
+    return inv, postprocess.choose_heads(inv, limits.max_invalid_fraction)
+
+
+def _window_bytes(contract: Contract) -> int:
+    """Bytes of one window's model inputs."""
+    return sum(math.prod(int(d) for d in v[1:]) * np.dtype(contract.input_dtype(k)).itemsize
+               for k, v in contract.input_shapes().items())
+
+
+def _cut_windows(prepared: PreparedTile, wins: list[patching.Window], contract: Contract
+                 ) -> dict[str, np.ndarray]:
+    """The windows of a prepared tile (or scene region) as one block per input, in the contract's dtype."""
+    inputs = {k: np.empty((len(wins), *(int(d) for d in v[1:])), np.dtype(contract.input_dtype(k)))
+              for k, v in contract.input_shapes().items()}
+    patching.cut_into(inputs["sar"], prepared.sar, wins)
+    patching.cut_into(inputs["optical"], prepared.optical, wins)
+    return inputs
 
 
 def fill(buffers: dict[str, np.ndarray], parts: Sequence[tuple[Job | Piece, int, int]]) -> dict[str, np.ndarray]:
@@ -414,9 +431,7 @@ def _scene_pieces(scene: Scene, job: Job, contract: Contract, limits: TileLimits
                   ) -> Iterator[Piece]:
     """Read, prepare and cut a scene block by block (see the module docstring); closes the scene at the end."""
     p = contract.patch_size
-    dtypes = {k: np.dtype(contract.input_dtype(k)) for k in contract.input_shapes()}
-    channels = {k: int(v[1]) for k, v in contract.input_shapes().items()}
-    cut_bytes = sum(channels[k] * dtypes[k].itemsize for k in dtypes)
+    cut_bytes = _window_bytes(contract) // (p * p)  # per pixel of the cut windows
     blocks = scene_blocks(job, p, scene.bytes_per_pixel + cut_bytes, limits.chunk_bytes)
     sar_bad = sar_all = 0.0
     t = job.timings_ms
@@ -435,15 +450,11 @@ def _scene_pieces(scene: Scene, job: Job, contract: Contract, limits: TileLimits
             sar_all += (r1 - r0) * (c1 - c0)
             t3 = time.perf_counter()
             local = [patching.Window(w.row - r0, w.col - c0, w.height, w.width) for w in wins]
-            inv = (np.ones(len(local)) if not prepared.optical_usable
-                   else patching.invalid_fractions(prepared.optical_invalid, local))
+            inv, heads = _plan_windows(prepared, local, limits)
             job.optical_invalid[index] = inv
-            for i, head in zip(index.tolist(), postprocess.choose_heads(inv, limits.max_invalid_fraction),
-                               strict=True):
+            for i, head in zip(index.tolist(), heads, strict=True):
                 job.heads[i] = head
-            inputs = {k: np.empty((len(local), channels[k], p, p), dtypes[k]) for k in dtypes}
-            patching.cut_into(inputs["sar"], prepared.sar, local)
-            patching.cut_into(inputs["optical"], prepared.optical, local)
+            inputs = _cut_windows(prepared, local, contract)
             t_cut = time.perf_counter()
             if net is not None and net.envelope is not None:
                 job.set_drift(index, check_drift(net.envelope, contract, local, [job.heads[i] for i in index], inv,
