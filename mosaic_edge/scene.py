@@ -33,6 +33,7 @@ import tifffile
 
 from mosaic_edge.data.tiff import GeoInfo, _parse_geo, parse_nodata
 from mosaic_edge.errors import DataError
+from mosaic_edge.tile_format import file_header
 
 BLOCK = 1 << 20
 
@@ -190,7 +191,7 @@ class StreamingHash:
         while self._k < len(self._files) and (self.done < goal or fraction >= 1.0):
             rel, fd = self._files[self._k]
             if self._pos < 0:
-                self._h.update(rel.encode() + b"\0")
+                self._h.update(file_header(rel))
                 self._pos = 0
             block = os.pread(fd, BLOCK, self._pos)
             if block:

@@ -194,6 +194,11 @@ def tile_files(path: Path, limits: TileLimits) -> list[tuple[str, str]]:
     return _files(Path(path), limits)
 
 
+def file_header(name: str) -> bytes:
+    """What :func:`fingerprint` hashes before a file's bytes: its name relative to the tile, NUL-terminated."""
+    return name.encode() + b"\0"
+
+
 def fingerprint(path: Path) -> str:
     """SHA-256 over the relative names and bytes of a tile's files (identifies re-sent tiles).
 
@@ -201,7 +206,7 @@ def fingerprint(path: Path) -> str:
     """
     h = hashlib.sha256()
     for name, f in _files(path, TileLimits(max_files=10_000)):
-        h.update(name.encode() + b"\0")
+        h.update(file_header(name))
         with open(f, "rb") as fh:
             while block := fh.read(1 << 20):
                 h.update(block)
@@ -224,7 +229,7 @@ class TileFiles:
         """:func:`fingerprint` of the tile, from the bytes in memory (no second read)."""
         h = hashlib.sha256()
         for name, data in self.files:
-            h.update(name.encode() + b"\0")
+            h.update(file_header(name))
             h.update(data)
         return h.hexdigest()
 
