@@ -30,13 +30,13 @@ import numpy as np
 import tifffile
 
 from mosaic_edge.data import tiff_fast
+from mosaic_edge.data.tiff_fast import GDAL_NODATA, GEOKEYS, PIXEL_SCALE, TIEPOINT, TRANSFORMATION
 from mosaic_edge.errors import DataError
 
 # A BigEarthNet patch has 14 400 pixels and a full S2 tile ~120 M; 100 M pixels (per band) covers any tile
 # this package processes in one piece while refusing decompression bombs.
 MAX_PIXELS = 100_000_000
 
-_PIXEL_SCALE, _TIEPOINT, _TRANSFORMATION, _GEOKEYS, GDAL_NODATA = 33550, 33922, 34264, 34735, 42113
 _KEY_MODEL_TYPE, _KEY_RASTER_TYPE, _KEY_GEOGRAPHIC, _KEY_PROJECTED = 1024, 1025, 2048, 3072
 _USER_DEFINED = 32767
 _PIXEL_IS_POINT = 2
@@ -100,18 +100,18 @@ class GeoInfo:
 def _parse_geo(tags: Mapping[int, Any]) -> GeoInfo | None:
     """Georeferencing from a page's tag values (tag code -> value)."""
     keys: dict[int, int] = {}
-    if _GEOKEYS in tags:
-        gk = [int(v) for v in tags[_GEOKEYS]]
+    if GEOKEYS in tags:
+        gk = [int(v) for v in tags[GEOKEYS]]
         for i in range(gk[3]):
             key, loc, _count, value = gk[4 + 4 * i : 8 + 4 * i]
             if loc == 0:  # value stored inline (short); other locations hold strings/doubles we do not need
                 keys[key] = value
-    if _TRANSFORMATION in tags:
-        m = [float(v) for v in tags[_TRANSFORMATION]]
+    if TRANSFORMATION in tags:
+        m = [float(v) for v in tags[TRANSFORMATION]]
         transform: tuple[float, ...] = (m[0], m[1], m[3], m[4], m[5], m[7])
-    elif _PIXEL_SCALE in tags and _TIEPOINT in tags:
-        sx, sy = (float(v) for v in tags[_PIXEL_SCALE][:2])
-        col, row, _k, x, y = (float(v) for v in tags[_TIEPOINT][:5])
+    elif PIXEL_SCALE in tags and TIEPOINT in tags:
+        sx, sy = (float(v) for v in tags[PIXEL_SCALE][:2])
+        col, row, _k, x, y = (float(v) for v in tags[TIEPOINT][:5])
         transform = (sx, 0.0, x - col * sx, 0.0, -sy, y + row * sy)
     else:
         return None
@@ -226,11 +226,11 @@ def _geo_tags(geo: GeoInfo) -> list[tuple[int, str, int, Any, bool]]:
     a, b, c, d, e, f = geo.transform
     tags: list[tuple[int, str, int, Any, bool]] = []
     if b == 0.0 and d == 0.0 and a > 0 and e < 0:
-        tags.append((_PIXEL_SCALE, "d", 3, (a, -e, 0.0), False))
-        tags.append((_TIEPOINT, "d", 6, (0.0, 0.0, 0.0, c, f, 0.0), False))
+        tags.append((PIXEL_SCALE, "d", 3, (a, -e, 0.0), False))
+        tags.append((TIEPOINT, "d", 6, (0.0, 0.0, 0.0, c, f, 0.0), False))
     else:
         matrix = (a, b, 0.0, c, d, e, 0.0, f, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0)
-        tags.append((_TRANSFORMATION, "d", 16, matrix, False))
+        tags.append((TRANSFORMATION, "d", 16, matrix, False))
     keys = [(_KEY_RASTER_TYPE, 1)]
     code = geo.epsg
     if code is not None:
@@ -240,7 +240,7 @@ def _geo_tags(geo: GeoInfo) -> list[tuple[int, str, int, Any, bool]]:
     directory = [1, 1, 0, len(keys)]
     for key, value in sorted(keys):
         directory += [key, 0, 1, value]
-    tags.append((_GEOKEYS, "H", len(directory), tuple(directory), False))
+    tags.append((GEOKEYS, "H", len(directory), tuple(directory), False))
     return tags
 
 
