@@ -148,6 +148,15 @@ class SplitTable:
         return scene_hash_split(scene_key, frac)
 
 
+def split_file_entry(entry: str) -> tuple[str | None, Path]:
+    """``("train" | "validation" | "val" | "test", PATH)`` of a ``SPLIT=PATH`` entry, ``(None, PATH)`` of a CSV."""
+    head, sep, tail = entry.partition("=")
+    split = head.strip().lower()
+    if sep and split in ("train", "validation", "val", "test"):
+        return split, Path(tail)
+    return None, Path(entry)
+
+
 def read_split_files(entries: str | Path | Sequence[str | Path]) -> SplitTable:
     """Read split files: ``SPLIT=PATH`` (a list, one key per line, as in the SEN12MS toolbox) or ``PATH`` (a
     CSV ``key,split``). Keys: see :func:`split_key`. Pickled lists (``*.pkl``) are refused (never unpickle
@@ -156,16 +165,13 @@ def read_split_files(entries: str | Path | Sequence[str | Path]) -> SplitTable:
     keys: dict[str, str] = {}
     exhaustive = False
     for item in items:
-        text = str(item)
-        head, sep, tail = text.partition("=")
-        as_list = bool(sep) and head.strip().lower() in ("train", "validation", "val", "test")
-        path = Path(tail if as_list else text)
+        head, path = split_file_entry(str(item))
         if path.suffix.lower() == ".pkl":
             raise UserError(f"{path}: pickled split lists are not read; use the toolbox's .txt lists")
         if not path.is_file():
             raise UserError(f"split file {path} does not exist")
-        if as_list:
-            split = normalise_split(head.strip().lower())
+        if head is not None:  # a list of one split
+            split = normalise_split(head)
             for n, line in enumerate(path.read_text().splitlines(), 1):
                 if line.strip() and not line.lstrip().startswith("#"):
                     keys[split_key(line, f"{path}:{n}")] = split

@@ -124,10 +124,10 @@ def contract_for(data_or_source: str | Path | PatchSource = SYNTHETIC, **kw: Any
 def _absolute_entry(entry: str) -> str:
     """A split-file entry (``PATH`` or ``SPLIT=PATH``) with its path made absolute, so a recorded spec reopens
     from any working directory."""
-    head, sep, tail = entry.partition("=")
-    if sep and head.strip().lower() in ("train", "validation", "val", "test"):
-        return f"{head.strip()}={Path(tail).resolve()}"
-    return str(Path(entry).resolve())
+    from mosaic_edge.data.sen12ms import split_file_entry
+
+    split, path = split_file_entry(entry)
+    return str(path.resolve()) if split is None else f"{split}={path.resolve()}"
 
 
 def reader_options(
