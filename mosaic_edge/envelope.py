@@ -434,7 +434,7 @@ def build_envelope(sar: np.ndarray, optical: np.ndarray, contract: Contract,
     x, valid = subsample(sar, optical, env.stride)
     feats, has_optical = window_features(x, valid, env.n_sar, optical.shape[1])
     env = env.replace(stats=fit_stats(feats, has_optical, env.n_sar))
-    combined = env.check(sar, optical).combined
+    combined = env.check_sample(x, None if valid is None or valid.all() else valid).combined  # = env.check()
     return env.replace(threshold=drift_threshold(combined))
 
 
