@@ -34,9 +34,8 @@ def predict_split(
     indices: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Features, outputs and labels of a loaded split's patches (all, or ``indices``); eval mode, no augmentation."""
-    batches = epoch_batches(len(split), batch_size, 0, 0, shuffle=False, drop_last=False)
-    if indices is not None:
-        batches = list(indices.split(batch_size))
+    batches = (list(indices.split(batch_size)) if indices is not None
+               else epoch_batches(len(split), batch_size, 0, 0, shuffle=False, drop_last=False))
     return extract(model, split.iter_batches(batches, device), device)
 
 
