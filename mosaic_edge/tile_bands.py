@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mosaic_edge.contract import OPTICAL_PRODUCTS, S1_BANDS, S2_BANDS, S2_GSD
+from mosaic_edge.data.benv2 import band_file_name, check_band
 from mosaic_edge.data.tiff import decode_tiff
 from mosaic_edge.errors import DataError
 
@@ -39,29 +40,13 @@ class _Folder:
         self.name = self.label.name
         self.files = {name: (rel, d) for rel, d in files.files for f, name in [_split(rel)] if f == folder}
 
-    def band(self, band: str, what: str) -> tuple[str, memoryview]:
-        """The one file of ``band`` (``<folder>_<band>.tif``, else the only ``*_<band>.tif``/``.TIF``)."""
-        exact = f"{self.name}_{band}.tif"
-        if exact in self.files:
-            return self.files[exact]
-        found = sorted(k for k in self.files if k.endswith(f"_{band}.tif")) + sorted(
-            k for k in self.files if k.endswith(f"_{band}.TIF"))
-        if len(found) != 1:
-            state = "missing" if not found else f"ambiguous ({len(found)} files)"
-            raise DataError(f"{self.label}: {what} band {band} {state}")
-        return self.files[found[0]]
-
     def read(self, band: str, what: str, shape: tuple[int, int] | None, kinds: str,
              max_pixels: int) -> tuple[np.ndarray, Any]:
-        rel, data = self.band(band, what)
+        """The band's array, its file chosen and checked as the training reader does."""
+        rel, data = self.files[band_file_name(self.files, self.name, band, what, self.label)]
         label = self.label / _split(rel)[1]
         arr, geo = decode_tiff(data, str(label), max_pixels)
-        if arr.ndim != 2:
-            raise DataError(f"{label}: expected one band, got an array of shape {arr.shape}")
-        if shape is not None and arr.shape != shape:
-            raise DataError(f"{label}: size {arr.shape[1]}x{arr.shape[0]}, expected {shape[1]}x{shape[0]}")
-        if arr.dtype.kind not in kinds:
-            raise DataError(f"{label}: dtype {arr.dtype} is not a {'float' if kinds == 'f' else 'numeric'} type")
+        check_band(arr, shape, kinds, label)
         return arr, geo
 
 

@@ -16,6 +16,8 @@ the two modalities are paired through the ``s1_name`` column. Splits are the ``s
 
 from __future__ import annotations
 
+import os
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -61,27 +63,39 @@ def labels_to_multihot(names: list[str], where: str = "") -> np.ndarray:
     return out
 
 
-def _band_file(folder: Path, band: str, what: str) -> Path:
-    exact = folder / f"{folder.name}_{band}.tif"
-    if exact.is_file():
+def band_file_name(names: Collection[str], folder: str, band: str, what: str, label: object) -> str:
+    """Which of the file ``names`` of folder ``folder`` holds ``band``: ``<folder>_<band>.tif``, else the only
+    ``*_<band>.tif`` / ``*_<band>.TIF`` (``label`` names the folder in the error)."""
+    exact = f"{folder}_{band}.tif"
+    if exact in names:
         return exact
-    found = sorted(folder.glob(f"*_{band}.tif")) + sorted(folder.glob(f"*_{band}.TIF"))
+    found = sorted(n for n in names if n.endswith(f"_{band}.tif")) + sorted(
+        n for n in names if n.endswith(f"_{band}.TIF"))
     if len(found) != 1:
         state = "missing" if not found else f"ambiguous ({len(found)} files)"
-        raise DataError(f"{folder}: {what} band {band} {state}")
+        raise DataError(f"{label}: {what} band {band} {state}")
     return found[0]
+
+
+def check_band(arr: np.ndarray, shape: tuple[int, int] | None, dtype_kind: str, label: object) -> None:
+    """A band file's array is one 2-D band of ``shape`` (None: any) with a dtype of kind ``dtype_kind``."""
+    if arr.ndim != 2:
+        raise DataError(f"{label}: expected one band, got an array of shape {arr.shape}")
+    if shape is not None and arr.shape != shape:
+        raise DataError(f"{label}: size {arr.shape[1]}x{arr.shape[0]}, expected {shape[1]}x{shape[0]}")
+    if arr.dtype.kind not in dtype_kind:
+        raise DataError(f"{label}: dtype {arr.dtype} is not a {'float' if dtype_kind == 'f' else 'numeric'} type")
+
+
+def _band_file(folder: Path, band: str, what: str) -> Path:
+    with os.scandir(folder) as entries:
+        names = {e.name for e in entries if e.is_file() and not e.name.startswith(".")}  # as a glob sees them
+    return folder / band_file_name(names, folder.name, band, what, folder)
 
 
 def _read_band(path: Path, shape: tuple[int, int], dtype_kind: str) -> tuple[np.ndarray, Any]:
     arr, geo = read_tiff(path)
-    if arr.ndim != 2:
-        raise DataError(f"{path}: expected one band, got an array of shape {arr.shape}")
-    if arr.shape != shape:
-        raise DataError(f"{path}: size {arr.shape[1]}x{arr.shape[0]}, expected {shape[1]}x{shape[0]}")
-    if arr.dtype.kind not in dtype_kind:
-        raise DataError(
-            f"{path}: dtype {arr.dtype} is not a {'float' if dtype_kind == 'f' else 'numeric'} type"
-        )
+    check_band(arr, shape, dtype_kind, path)
     return arr, geo
 
 
