@@ -290,8 +290,10 @@ def compare(reference: Mapping[str, np.ndarray], candidate: Mapping[str, np.ndar
 
 
 def check_parity(reference: Mapping[str, np.ndarray], onnx_path: str | Path, samples: Samples,
-                 contract: Contract, precision: str, reference_name: str = "torch") -> ParityResult:
-    """Run ``onnx_path`` on ``samples``, compare with ``reference`` outputs (never raises; see ``passed``)."""
-    out = run_onnx(onnx_path, samples.inputs)
+                 contract: Contract, precision: str, reference_name: str = "torch", session: Any = None
+                 ) -> ParityResult:
+    """Run ``onnx_path`` (or its open ``session``) on ``samples``, compare with ``reference`` outputs (never
+    raises; see ``passed``)."""
+    out = run_onnx(session if session is not None else onnx_path, samples.inputs)
     return compare(reference, out, contract, precision, Path(onnx_path).name, reference_name, samples.name,
                    samples.ids)

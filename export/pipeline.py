@@ -217,23 +217,23 @@ def _int8_artefacts(out: Path, contract: Contract, cfg: ExportConfig, data: Data
 
 # ---- step 3: eval_sets.evaluation_sets; steps 4-5: parity, evaluation ----------------------------------
 def _parity(model: Any, out: Path, artefacts: Mapping[str, tuple[str, str]], sets: EvalSets, contract: Contract,
-            cfg: ExportConfig) -> list[par.ParityResult]:
+            cfg: ExportConfig, sessions: Mapping[str, Any]) -> list[par.ParityResult]:
     """Parity against torch on the first samples of every labelled set (fp32/fp16 enforced, INT8 recorded)."""
     results = []
     for samples in sets.labelled().values():
         sub = samples.subset(slice(0, cfg.parity_limit))
         ref = par.run_torch(model, sub.inputs)
         for name, (precision, _) in artefacts.items():
-            results.append(par.check_parity(ref, out / name, sub, contract, precision))
+            results.append(par.check_parity(ref, out / name, sub, contract, precision, session=sessions[name]))
     return results
 
 
-def _evaluate(out: Path, artefacts: Mapping[str, tuple[str, str]], sets: EvalSets,
-              tuning: list[par.Samples]) -> dict[str, dict[str, np.ndarray]]:
+def _evaluate(artefacts: Mapping[str, tuple[str, str]], sets: EvalSets, tuning: list[par.Samples],
+              sessions: Mapping[str, Any]) -> dict[str, dict[str, np.ndarray]]:
     """Fused logits of every artefact on every set: set name -> artefact -> [n, C] (the gate set's are its
     validation and test parts' logits)."""
     runs = {s.name: s for s in (sets.validation, sets.test, *sets.extra.values(), *tuning)}
-    logits = {set_name: {name: par.run_onnx(out / name, samples.inputs)["logits"] for name in artefacts}
+    logits = {set_name: {name: par.run_onnx(sessions[name], samples.inputs)["logits"] for name in artefacts}
               for set_name, samples in runs.items()}
     logits[sets.gate.name] = {name: np.concatenate([logits[sets.validation.name][name],
                                                     logits[sets.test.name][name]]) for name in artefacts}
@@ -312,13 +312,15 @@ def run_export(checkpoint: str | Path, out_dir: str | Path, config: ExportConfig
         where = ", ".join(f"{n} ({len(s)})" for n, s in sets.labelled().items())
         progress(f"checking {len(artefacts)} artefacts on {where}")
 
-    results = _parity(model, out, artefacts, sets, contract, cfg)
+    sessions = {name: par.ort_session(out / name) for name in artefacts}  # each opened once for steps 4-5
+    results = _parity(model, out, artefacts, sets, contract, cfg, sessions)
     for res in results:
         notes[res.artefact][f"parity_{res.samples}"] = {"max_abs_logit_diff": res.max_abs_logit_diff,
                                                         "logit_excess": res.logit_excess,
                                                         "max_prob_diff": res.max_prob_diff,
                                                         "flip_fraction": res.flip_fraction}
-    logits = _evaluate(out, artefacts, sets, cal.tuning if cal else [])
+    logits = _evaluate(artefacts, sets, cal.tuning if cal else [], sessions)
+    del sessions
 
     sections: dict[str, Any] = {}
     policies: dict[str, FallbackPolicy] = {}
